@@ -1,0 +1,5 @@
+"""`python -m discoverd` entry point."""
+
+from discoverd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,119 @@
+"""Composition root: `build_app(settings)` wires every object and owns every resource.
+
+Resources start in this order and stop in reverse (aiohttp `cleanup_ctx`):
+
+    etcd      the embedded etcd process (only without --etcd) -> ENDPOINTS
+    gateway   the etcd3gw facade and its thread pool          -> GATEWAY
+    registry  the in-memory view, its watch thread and probe  -> REGISTRY
+    services  the discovery service (token group commit)      -> DISCOVERY
+
+Long-poll waits are released on shutdown, so a stopping replica answers them with an empty 200
+(etcd's client polls again) instead of holding the shutdown for --wait-timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from discoverd import appkeys, middlewares, ops
+from discoverd.config import Settings
+from discoverd.discovery import handlers as discovery_handlers
+from discoverd.discovery.service import DiscoveryService, Limits
+from discoverd.metrics import Metrics
+from discoverd.ratelimit import RateLimiter
+from discoverd.store.clusters import ClusterStore
+from discoverd.store.embedded import EmbeddedEtcd
+from discoverd.store.feed import RegistryFeed
+from discoverd.store.gateway import EtcdGateway
+from discoverd.store.registry import Registry
+
+logger = logging.getLogger(__name__)
+
+MAX_BODY = 64 * 1024
+FIRST_SYNC_WAIT = 10.0
+
+
+def build_app(settings: Settings) -> web.Application:
+    app = web.Application(
+        middlewares=[middlewares.metrics, middlewares.errors], client_max_size=MAX_BODY
+    )
+    app[appkeys.SETTINGS] = settings
+    app[appkeys.METRICS] = Metrics()
+    app[appkeys.REGISTRY] = Registry()
+    app[appkeys.NEW_LIMITER] = RateLimiter(settings.new_rate, settings.new_burst)
+    app.cleanup_ctx.extend([etcd_ctx, gateway_ctx, registry_ctx, services_ctx])
+    app.on_shutdown.append(_release_waits)
+    ops.setup_routes(app)
+    discovery_handlers.setup_routes(app, settings.route_prefix)
+    return app
+
+
+async def etcd_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[appkeys.SETTINGS]
+    if settings.etcd:
+        app[appkeys.ENDPOINTS] = settings.etcd
+        yield
+        return
+    etcd = EmbeddedEtcd(settings.data_dir, settings.etcd_binary)
+    endpoint = await asyncio.to_thread(etcd.start)
+    app[appkeys.ENDPOINTS] = (endpoint,)
+    try:
+        yield
+    finally:
+        await asyncio.to_thread(etcd.stop)
+
+
+async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
+    endpoints: tuple[str, ...] = app[appkeys.ENDPOINTS]
+    gateway = EtcdGateway(endpoints, app[appkeys.SETTINGS].etcd_timeout)
+    gateway.on_failure = app[appkeys.METRICS].etcd_errors.inc
+    app[appkeys.GATEWAY] = gateway
+    try:
+        yield
+    finally:
+        gateway.close()
+
+
+async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
+    registry = app[appkeys.REGISTRY]
+    feed = RegistryFeed(app[appkeys.GATEWAY], registry, asyncio.get_running_loop())
+    feed.start()
+    probe = asyncio.create_task(feed.probe_forever(), name="etcd-probe")
+    # Serve once the first full read is in, or after FIRST_SYNC_WAIT anyway: with etcd down
+    # every route answers 503 until it returns, rather than refusing connections.
+    try:
+        await asyncio.wait_for(registry.wait_revision(1), FIRST_SYNC_WAIT)
+    except TimeoutError:
+        logger.warning("etcd not reachable yet; serving 503 until it is")
+    try:
+        yield
+    finally:
+        probe.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await probe
+        await asyncio.to_thread(feed.stop)
+
+
+async def services_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[appkeys.SETTINGS]
+    metrics = app[appkeys.METRICS]
+    service = DiscoveryService(
+        app[appkeys.REGISTRY],
+        ClusterStore(app[appkeys.GATEWAY]),
+        Limits(settings.default_size, settings.max_size, settings.token_ttl),
+        on_register=lambda result: metrics.registrations.labels(result).inc(),
+    )
+    app[appkeys.DISCOVERY] = service
+    try:
+        yield
+    finally:
+        await service.close()
+
+
+async def _release_waits(app: web.Application) -> None:
+    app[appkeys.REGISTRY].release_all()

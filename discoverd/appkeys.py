@@ -1,0 +1,20 @@
+"""The `web.AppKey`s under which `build_app` stores the shared objects."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from discoverd.config import Settings
+from discoverd.discovery.service import DiscoveryService
+from discoverd.metrics import Metrics
+from discoverd.ratelimit import RateLimiter
+from discoverd.store.gateway import EtcdGateway
+from discoverd.store.registry import Registry
+
+SETTINGS = web.AppKey("settings", Settings)
+METRICS = web.AppKey("metrics", Metrics)
+ENDPOINTS = web.AppKey[tuple[str, ...]]("etcd_endpoints")
+GATEWAY = web.AppKey("gateway", EtcdGateway)
+REGISTRY = web.AppKey("registry", Registry)
+DISCOVERY = web.AppKey("discovery", DiscoveryService)
+NEW_LIMITER = web.AppKey("new_limiter", RateLimiter)

@@ -1,0 +1,166 @@
+"""The one validated `Settings` object. Built at the edge (`cli.py`); nothing else reads the
+environment. Every field is also read from `DISCOVERD_<NAME>` (e.g. `DISCOVERD_ETCD`)."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str | float) -> float:
+    """Seconds from `90`, `50s`, `1h30m`, `7d`, `250ms`. Raises ValueError otherwise."""
+    if isinstance(text, int | float):
+        seconds = float(text)
+    else:
+        raw = text.strip().lower()
+        if re.fullmatch(r"\d+(\.\d+)?", raw):
+            seconds = float(raw)
+        else:
+            pos, seconds = 0, 0.0
+            for match in _DURATION_PART.finditer(raw):
+                if match.start() != pos:
+                    break
+                seconds += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+                pos = match.end()
+            if pos != len(raw) or not raw:
+                raise ValueError(f"not a duration: {text!r} (use e.g. 50s, 10m, 7d, 1h30m)")
+    if seconds <= 0:
+        raise ValueError(f"duration must be positive: {text!r}")
+    return seconds
+
+
+class HostPort(BaseModel):
+    """A listen address. IPv6 hosts are written in brackets: `[::1]:8087`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    host: str
+    port: int = Field(ge=0, le=65535)
+
+    @classmethod
+    def parse(cls, text: str) -> HostPort:
+        if isinstance(text, HostPort):
+            return text
+        match = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d+)|([^:\[\]]*):(\d+)", text.strip())
+        if not match:
+            raise ValueError(f"not HOST:PORT: {text!r}")
+        host = match.group(1) or match.group(3) or "0.0.0.0"  # noqa: S104 - ":8087" means all
+        port = int(match.group(2) or match.group(4))
+        return cls(host=host, port=port)
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    def url(self, scheme: str = "http") -> str:
+        host = self.host
+        if host in ("0.0.0.0", ""):  # noqa: S104 - a wildcard listen is reached on loopback
+            host = "127.0.0.1"
+        elif host == "::":
+            host = "::1"
+        return (
+            f"{scheme}://[{host}]:{self.port}" if ":" in host else f"{scheme}://{host}:{self.port}"
+        )
+
+
+def _check_url(url: str, what: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{what} must be an http(s) URL with a host, got {url!r}")
+    return url
+
+
+class Settings(BaseSettings):
+    """Everything `discoverd serve` can be told, validated once."""
+
+    model_config = SettingsConfigDict(env_prefix="DISCOVERD_", frozen=True, extra="forbid")
+
+    listen: HostPort = HostPort(host="127.0.0.1", port=8087)
+    public_url: str | None = None
+    etcd: Annotated[tuple[str, ...], NoDecode] = ()
+    data_dir: Path = Path("./discoverd-data")
+    token_ttl: float = 7 * 86400
+    max_size: int = Field(default=99, ge=1, le=999)
+    default_size: int = Field(default=3, ge=1)
+    wait_timeout: float = 50.0
+    new_rate: float = Field(default=2.0, ge=0)
+    new_burst: int = Field(default=30, ge=1)
+    etcd_timeout: float = 2.0
+    etcd_binary: Path | None = None
+    log_level: str = "info"
+    log_format: str = "json"
+
+    @field_validator("listen", mode="before")
+    @classmethod
+    def _listen(cls, value: Any) -> Any:
+        return HostPort.parse(value) if isinstance(value, str) else value
+
+    @field_validator("etcd", mode="before")
+    @classmethod
+    def _etcd(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        return tuple(_check_url(url.rstrip("/"), "--etcd endpoint") for url in value)
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        return None if value is None else _check_url(value.rstrip("/"), "--public-url")
+
+    @field_validator("token_ttl", "wait_timeout", "etcd_timeout", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return parse_duration(value)
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        if value.lower() not in ("debug", "info", "warning", "error"):
+            raise ValueError("log level must be debug, info, warning or error")
+        return value.lower()
+
+    @field_validator("log_format")
+    @classmethod
+    def _format(cls, value: str) -> str:
+        if value not in ("json", "text"):
+            raise ValueError("log format must be json or text")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.default_size > self.max_size:
+            raise ValueError(f"default size {self.default_size} exceeds --max-size {self.max_size}")
+        if self.wait_timeout > 3600:
+            raise ValueError("--wait-timeout above 1h would hold connections forever")
+        if self.token_ttl < 60:
+            raise ValueError("--token-ttl below 60s cannot outlive a bootstrap")
+        return self
+
+    @property
+    def base_url(self) -> str:
+        """Base of the URLs that `/new` hands out."""
+        return self.public_url or self.listen.url()
+
+    @property
+    def route_prefix(self) -> str:
+        """Path of the public URL ('' or '/discovery'): the token routes are mounted under it."""
+        return urlsplit(self.base_url).path.rstrip("/")
+
+    @property
+    def embedded(self) -> bool:
+        return not self.etcd
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"

@@ -1,0 +1,161 @@
+"""HTTP handlers of the etcd v2 discovery protocol: parse -> service -> render, nothing else.
+
+    GET|POST /new?size=N               a new discovery URL (text/plain)
+    GET      /<token>[/]               the registrations (v2 directory, no `_config`)
+    GET      /<token>/_config/size     the cluster size
+    GET      /<token>/<id>             one registration
+    GET      ...?wait=true&waitIndex=W long-poll for the first registration at or past W
+    PUT      /<token>/<id>             register (create-only: 412 + errorCode 105 if it exists)
+
+The anonymous token routes are create-only: nothing under a token can be changed or deleted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+
+from discoverd import appkeys
+from discoverd.discovery import protocol
+from discoverd.discovery.protocol import Target, TokenPath
+from discoverd.errors import Forbidden, Invalid, NotFound, RateLimited
+from discoverd.models import Cluster, Member
+
+_UNSUPPORTED_WRITE_PARAMS = ("ttl", "prevValue", "prevIndex", "dir", "refresh", "sorted")
+
+
+def setup_routes(app: web.Application, prefix: str) -> None:
+    app.router.add_route("GET", f"{prefix}/new", new_token, name="new")
+    app.router.add_route("POST", f"{prefix}/new", new_token)
+    app.router.add_route("*", prefix + "/{token}", token_route, name="token")
+    app.router.add_route("*", prefix + "/{token}/{rest:.*}", token_route, name="token-key")
+
+
+async def new_token(request: web.Request) -> web.Response:
+    app = request.app
+    try:
+        app[appkeys.NEW_LIMITER].check(request.remote)
+    except RateLimited:
+        app[appkeys.METRICS].rate_limited.inc()
+        raise
+    raw = request.query.get("size")
+    if request.method == "POST" and request.content_type in _FORM_TYPES:
+        raw = (await request.post()).get("size", raw)  # type: ignore[assignment]
+    service = app[appkeys.DISCOVERY]
+    size = protocol.parse_size(
+        raw, default=service.limits.default_size, maximum=service.limits.max_size
+    )
+    token = await service.new_token(size)
+    app[appkeys.METRICS].tokens_created.inc()
+    return web.Response(text=f"{app[appkeys.SETTINGS].base_url}/{token}")
+
+
+async def token_route(request: web.Request) -> web.StreamResponse:
+    path = protocol.parse_token_path(
+        request.match_info["token"], request.match_info.get("rest", "")
+    )
+    if request.method in ("GET", "HEAD"):
+        if request.query.get("wait") == "true":
+            return await _wait(request, path)
+        return await _get(request, path)
+    if request.method == "PUT":
+        return await _put(request, path)
+    if request.method in ("POST", "DELETE", "PATCH"):
+        raise Forbidden(
+            "discovery tokens are create-only: registrations cannot be changed or deleted",
+            cause=path.key,
+        )
+    raise web.HTTPMethodNotAllowed(request.method, ["GET", "HEAD", "PUT"])
+
+
+async def _get(request: web.Request, path: TokenPath) -> web.Response:
+    cluster = await request.app[appkeys.DISCOVERY].cluster(path.token)
+    return _reply(request, "get", _node(cluster, path))
+
+
+def _node(cluster: Cluster, path: TokenPath) -> dict[str, Any]:
+    if path.target is Target.SIZE:
+        return protocol.size_node(cluster)
+    if path.target is Target.DIRECTORY:
+        return protocol.directory_node(cluster, cluster.members)
+    if path.target is Target.CONFIG_DIR:
+        return protocol.config_dir_node(cluster)
+    member = cluster.member(path.member_id)
+    if member is None:
+        raise NotFound("Key not found", cause=path.key)
+    return protocol.member_node(cluster.token, member)
+
+
+async def _wait(request: web.Request, path: TokenPath) -> web.StreamResponse:
+    app = request.app
+    service = app[appkeys.DISCOVERY]
+    registry = app[appkeys.REGISTRY]
+    raw_index = request.query.get("waitIndex", "0")
+    if not raw_index.isdigit() or len(raw_index) > 19:
+        raise Invalid("waitIndex must be a non-negative integer", cause=raw_index[:32])
+    # During an etcd outage a wait on a known token is held (the view resumes when etcd is
+    # back); only a token this replica has never seen needs etcd, and gets 503 meanwhile.
+    if registry.synced or registry.cluster(path.token) is None:
+        await service.cluster(path.token)
+    index = registry.revision
+    member_id = path.member_id if path.target is Target.MEMBER else None
+    if path.target in (Target.SIZE, Target.CONFIG_DIR):
+        future: asyncio.Future[Member | None] = asyncio.get_running_loop().create_future()
+    else:
+        future = service.wait(path.token, member_id, int(raw_index))
+    if future.done() and future.result() is not None:
+        return _reply(request, "create", protocol.member_node(path.token, future.result()))  # type: ignore[arg-type]
+
+    # Flush the headers now, as etcd does, then write one event or, when the wait times out,
+    # nothing: etcd's client treats an empty 200 as a keepalive and polls again at once.
+    response = web.StreamResponse(headers={"X-Etcd-Index": str(index)})
+    response.content_type = "application/json"
+    await response.prepare(request)
+    gauge = app[appkeys.METRICS].waits_in_flight
+    gauge.inc()
+    try:
+        member = await asyncio.wait_for(future, app[appkeys.SETTINGS].wait_timeout)
+    except TimeoutError:
+        member = None
+    finally:
+        gauge.dec()
+    if member is not None:
+        await response.write(protocol.render("create", protocol.member_node(path.token, member)))
+    await response.write_eof()
+    return response
+
+
+async def _put(request: web.Request, path: TokenPath) -> web.Response:
+    if path.target is not Target.MEMBER:
+        raise Forbidden(f"{path.key} is read-only", cause=path.key)
+    params: dict[str, str] = dict(request.query)
+    if request.content_type in _FORM_TYPES:
+        form = await request.post()
+        params.update({k: v for k, v in form.items() if isinstance(v, str)})
+    if params.get("prevExist", "false") != "false":
+        raise Forbidden("registrations are create-only (prevExist=false)", cause=path.key)
+    for name in _UNSUPPORTED_WRITE_PARAMS:
+        if name in params:
+            raise Invalid(f"discovery registrations do not take {name}", cause=name)
+    value = params.get("value")
+    if value is None:
+        raise Invalid("value is required: value=name=peerURL", cause=path.key)
+    member = await request.app[appkeys.DISCOVERY].register(path.token, path.member_id, value)
+    return _reply(request, "create", protocol.member_node(path.token, member), status=201)
+
+
+def _reply(
+    request: web.Request, action: str, node: dict[str, Any], status: int = 200
+) -> web.Response:
+    registry = request.app[appkeys.REGISTRY]
+    return web.Response(
+        status=status,
+        body=protocol.render(action, node),
+        content_type="application/json",
+        headers={"X-Etcd-Index": str(registry.revision)},
+    )
+
+
+_FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")

@@ -1,0 +1,193 @@
+"""Discovery use cases: mint a token, read a cluster, register a member, wait for members.
+
+Reads come from the registry view; writes go to etcd through `ClusterStore` and return only once
+this replica's view shows them (read-your-writes). Tokens are minted in group commits: the
+`/new` requests that arrive while a transaction is in flight share the next one, so a burst
+costs a few etcd round trips, not one per request. Tokens created in the same minute share an
+etcd lease that outlives every one of them by `--token-ttl`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from discoverd.discovery import protocol
+from discoverd.errors import Conflict, DiscoverdError, Invalid, NotFound, Unavailable
+from discoverd.models import Cluster, ClusterConfig, Member
+from discoverd.store.clusters import ClusterStore, LeaseGone, RegisterOutcome
+from discoverd.store.registry import Registry
+
+logger = logging.getLogger(__name__)
+
+BATCH_MAX = 64  # tokens per transaction (etcd allows 128 operations by default)
+INFLIGHT_MAX = 4  # concurrent token transactions per replica
+CATCH_UP = 3.0  # how long a write waits for this replica's view to show it
+
+
+@dataclass(frozen=True)
+class Limits:
+    default_size: int
+    max_size: int
+    token_ttl: float
+
+
+class DiscoveryService:
+    """What the v2 discovery routes can do, independent of HTTP."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        store: ClusterStore,
+        limits: Limits,
+        on_register: Callable[[str], None] = lambda _: None,
+    ) -> None:
+        self.registry = registry
+        self._store = store
+        self.limits = limits
+        self._on_register = on_register
+        self._minter = _TokenMinter(store, limits.token_ttl)
+
+    async def close(self) -> None:
+        await self._minter.close()
+
+    # -- tokens -------------------------------------------------------------------------------
+
+    async def new_token(self, size: int) -> str:
+        token, revision = await self._minter.mint(ClusterConfig(size=size, created_at=time.time()))
+        await self._caught_up(revision)
+        return token
+
+    async def cluster(self, token: str) -> Cluster:
+        """The cluster of `token` from the view; etcd is asked only when the view lacks it
+        (a token minted a moment ago by another replica)."""
+        if not self.registry.synced:
+            raise Unavailable(f"registry unavailable: {self.registry.unsynced_reason}")
+        cluster = self.registry.cluster(token)
+        if cluster is not None:
+            return cluster
+        revision, stored = await self._store.read_cluster(token)
+        if stored is None:
+            raise NotFound("Key not found", cause=f"/{token}")
+        await self._caught_up(revision)
+        cluster = self.registry.cluster(token)
+        if cluster is None:
+            raise NotFound("Key not found", cause=f"/{token}")
+        return cluster
+
+    # -- registrations ------------------------------------------------------------------------
+
+    async def register(self, token: str, member_id: str, value: str) -> Member:
+        value = protocol.parse_member_value(value)
+        cluster = await self.cluster(token)
+        cap = max(2 * cluster.config.size, cluster.config.size + 2)
+        if len(cluster.members) >= cap and cluster.member(member_id) is None:
+            raise Invalid(
+                f"cluster is full: {len(cluster.members)} registrations for size "
+                f"{cluster.config.size}; use a new discovery token",
+                cause=f"/{token}/{member_id}",
+            )
+        registration = await self._store.register_v2(token, member_id, value, cluster.lease)
+        if registration.outcome is RegisterOutcome.NO_TOKEN:
+            raise NotFound("Key not found", cause=f"/{token}")
+        if registration.outcome is RegisterOutcome.EXISTS:
+            self._on_register("duplicate")
+            raise Conflict("Key already exists", cause=f"/{token}/{member_id}")
+        self._on_register("created")
+        await self._caught_up(registration.revision)
+        assert registration.member is not None
+        return registration.member
+
+    def wait(
+        self, token: str, member_id: str | None, wait_index: int
+    ) -> asyncio.Future[Member | None]:
+        """A future for the first registration at or past `wait_index` (0: the next one)."""
+        min_index = wait_index if wait_index > 0 else self.registry.revision + 1
+        return self.registry.wait_member(token, member_id, min_index)
+
+    async def _caught_up(self, revision: int) -> None:
+        try:
+            await asyncio.wait_for(self.registry.wait_revision(revision), CATCH_UP)
+        except TimeoutError as exc:
+            raise Unavailable("the registry view is not catching up with etcd") from exc
+
+
+class _TokenMinter:
+    """Group commit of new tokens: one etcd transaction for every request that waited."""
+
+    def __init__(self, store: ClusterStore, token_ttl: float) -> None:
+        self._store = store
+        self._ttl = token_ttl
+        self._bucket = min(60.0, token_ttl / 100)
+        self._pending: list[tuple[str, ClusterConfig, asyncio.Future[int]]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._lease = 0
+        self._lease_until = 0.0
+        self._lease_lock = asyncio.Lock()
+
+    async def mint(self, config: ClusterConfig) -> tuple[str, int]:
+        token = protocol.new_token()
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._pending.append((token, config, future))
+        self._kick()
+        return token, await future
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _kick(self) -> None:
+        while self._pending and len(self._tasks) < INFLIGHT_MAX:
+            batch, self._pending = self._pending[:BATCH_MAX], self._pending[BATCH_MAX:]
+            task = asyncio.create_task(self._commit(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._kick()
+
+    async def _commit(self, batch: list[tuple[str, ClusterConfig, asyncio.Future[int]]]) -> None:
+        try:
+            revision = await self._create({token: config for token, config, _ in batch})
+        except Exception as exc:  # every waiter must get an answer, whatever went wrong
+            if not isinstance(exc, DiscoverdError):
+                logger.exception("token batch failed")
+                exc = Unavailable("token creation failed")
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        except asyncio.CancelledError:
+            for _, _, future in batch:
+                future.cancel()
+            raise
+        if revision is None:  # a 128-bit token collided: mint those requests again
+            logger.warning("token collision in a batch of %d; minting again", len(batch))
+            for _, config, future in batch:
+                self._pending.append((protocol.new_token(), config, future))
+            return
+        for _, _, future in batch:
+            if not future.done():
+                future.set_result(revision)
+
+    async def _create(self, configs: dict[str, ClusterConfig]) -> int | None:
+        lease = await self._current_lease()
+        try:
+            return await self._store.create_clusters(configs, lease)
+        except LeaseGone:  # the shared lease was revoked or lost: take a new one, once
+            logger.warning("token lease is gone; granting a new one")
+            self._lease_until = 0.0
+            return await self._store.create_clusters(configs, await self._current_lease())
+
+    async def _current_lease(self) -> int:
+        async with self._lease_lock:
+            now = time.monotonic()
+            if now >= self._lease_until:
+                self._lease = await self._store.grant_lease(int(self._ttl + self._bucket) + 1)
+                self._lease_until = now + self._bucket
+            return self._lease

@@ -1,0 +1,58 @@
+"""Prometheus metrics of one discoverd process (prometheus-client, one registry per app)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class Metrics:
+    """Every metric discoverd exports; the names are part of the operator-facing contract."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "discoverd_http_requests_total",
+            "HTTP requests by route, method and status.",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "discoverd_http_request_duration_seconds",
+            "HTTP request latency by route (long-poll waits included).",
+            ["route"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5, 30, 60),
+            registry=r,
+        )
+        self.tokens_created = Counter(
+            "discoverd_tokens_created_total", "Discovery tokens created.", registry=r
+        )
+        self.registrations = Counter(
+            "discoverd_registrations_total",
+            "v2 registrations by result (created, duplicate).",
+            ["result"],
+            registry=r,
+        )
+        self.waits_in_flight = Gauge(
+            "discoverd_waits_in_flight", "v2 long-poll waits being held open.", registry=r
+        )
+        self.rate_limited = Counter(
+            "discoverd_rate_limited_total", "Requests refused by the /new rate limit.", registry=r
+        )
+        self.etcd_errors = Counter(
+            "discoverd_etcd_errors_total",
+            "Failed calls to an etcd endpoint (each failover attempt counts).",
+            registry=r,
+        )
+        self.clusters = Gauge(
+            "discoverd_clusters", "Clusters (live tokens) in this replica's view.", registry=r
+        )
+        self.registry_synced = Gauge(
+            "discoverd_registry_synced", "1 when the view is in step with etcd.", registry=r
+        )
+        self.registry_revision = Gauge(
+            "discoverd_registry_revision", "etcd revision this replica's view reflects.", registry=r
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

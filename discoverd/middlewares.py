@@ -1,0 +1,100 @@
+"""HTTP middlewares: domain errors mapped to HTTP once, and request metrics.
+
+Every error leaves as a v2 keys API error body (`{"errorCode","message","cause","index"}`),
+which is what etcd's discovery client decodes for any non-2xx answer and is plain enough JSON
+for anyone else. Nothing leaves as a 500 with a trace: an unexpected exception is logged here
+once and answered with a bare 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from discoverd import appkeys
+from discoverd.discovery import protocol
+from discoverd.errors import (
+    Conflict,
+    DiscoverdError,
+    Forbidden,
+    Invalid,
+    NotFound,
+    RateLimited,
+    TooLarge,
+    Unavailable,
+)
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# (HTTP status, v2 errorCode) for each domain error; the most specific class wins.
+_MAPPING: list[tuple[type[DiscoverdError], int, int]] = [
+    (TooLarge, 413, protocol.INVALID_FIELD),
+    (Invalid, 400, protocol.INVALID_FIELD),
+    (NotFound, 404, protocol.KEY_NOT_FOUND),
+    (Conflict, 412, protocol.NODE_EXISTS),
+    (Forbidden, 403, protocol.ROOT_READ_ONLY),
+    (RateLimited, 429, protocol.INVALID_FIELD),
+    (Unavailable, 503, protocol.RAFT_INTERNAL),
+]
+
+_HTTP_CODES = {404: protocol.KEY_NOT_FOUND, 405: protocol.NOT_A_FILE, 413: protocol.INVALID_FIELD}
+
+
+def error_response(request: web.Request, exc: DiscoverdError) -> web.Response:
+    status, code = next(
+        ((status, code) for kind, status, code in _MAPPING if isinstance(exc, kind)),
+        (500, protocol.RAFT_INTERNAL),
+    )
+    registry = request.app.get(appkeys.REGISTRY)
+    index = registry.revision if registry is not None else 0
+    headers = {"X-Etcd-Index": str(index)}
+    if isinstance(exc, RateLimited):
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+    body = protocol.render_error(code, exc.message, exc.cause, index)
+    return web.Response(status=status, body=body, content_type="application/json", headers=headers)
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except DiscoverdError as exc:
+        return error_response(request, exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _HTTP_CODES.get(exc.status, protocol.INVALID_FIELD)
+        body = protocol.render_error(code, exc.reason, "", 0)
+        headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+        return web.Response(
+            status=exc.status, body=body, content_type="application/json", headers=headers
+        )
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:
+        logger.exception("unhandled error on %s", request.method)
+        body = protocol.render_error(protocol.RAFT_INTERNAL, "internal error", "", 0)
+        return web.Response(status=500, body=body, content_type="application/json")
+
+
+@web.middleware
+async def metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    finally:
+        route = request.match_info.route.resource
+        name = route.canonical if route is not None else "unmatched"
+        m = request.app[appkeys.METRICS]
+        m.requests.labels(name, request.method, str(status)).inc()
+        m.latency.labels(name).observe(time.perf_counter() - started)

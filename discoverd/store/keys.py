@@ -1,0 +1,62 @@
+"""The etcd key layout. This module is the only place a key is built or parsed.
+
+Everything discoverd stores lives under one root, one directory per cluster token:
+
+    /discoverd/v1/clusters/<token>/config       ClusterConfig JSON; holds the token's lease
+    /discoverd/v1/clusters/<token>/v2/<id>      a v2 discovery registration: "name=peerURL,..."
+
+For example, a 3-member token 3e86b59982e49066c5d813af1c2e2579 with one registered member:
+
+    /discoverd/v1/clusters/3e86b59982e49066c5d813af1c2e2579/config      {"size": 3, ...}
+    /discoverd/v1/clusters/3e86b59982e49066c5d813af1c2e2579/v2/8e9e05c52164694d
+                                                       infra0=http://10.0.1.10:2380
+
+Every key of a token is attached to the token's lease, so the token expires as a whole.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+ROOT = "/discoverd/v1/"
+CLUSTERS = ROOT + "clusters/"
+
+
+class KeyKind(Enum):
+    CONFIG = "config"
+    V2_MEMBER = "v2"
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedKey:
+    kind: KeyKind
+    token: str
+    name: str = ""
+
+
+def cluster_prefix(token: str) -> str:
+    """`/discoverd/v1/clusters/<token>/`: every key of one cluster."""
+    return f"{CLUSTERS}{token}/"
+
+
+def cluster_config(token: str) -> str:
+    """`/discoverd/v1/clusters/<token>/config`"""
+    return f"{CLUSTERS}{token}/config"
+
+
+def v2_member(token: str, member_id: str) -> str:
+    """`/discoverd/v1/clusters/<token>/v2/<id>`"""
+    return f"{CLUSTERS}{token}/v2/{member_id}"
+
+
+def parse(key: str) -> ParsedKey | None:
+    """The meaning of a key under ROOT, or None for a key this version does not know."""
+    if not key.startswith(CLUSTERS):
+        return None
+    parts = key[len(CLUSTERS) :].split("/")
+    if len(parts) == 2 and parts[1] == "config":
+        return ParsedKey(KeyKind.CONFIG, parts[0])
+    if len(parts) == 3 and parts[1] == "v2" and parts[2]:
+        return ParsedKey(KeyKind.V2_MEMBER, parts[0], parts[2])
+    return None

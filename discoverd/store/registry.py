@@ -1,0 +1,233 @@
+"""The in-memory view of every cluster, kept in step with etcd by `store.feed`.
+
+Reads never wait on etcd: v2 GETs (and later DNS answers) are served from here. The registry
+is owned by the event loop thread: the watch thread hands it each etcd watch response whole
+(`call_soon_threadsafe`), and it applies the response in one synchronous step, replacing each
+changed `Cluster` with a new immutable object. A reader therefore sees every cluster either
+before or after a change, never half of one.
+
+It also holds the waiters: v2 long-polls waiting for a registration at or past an index, and
+writers waiting until the view has caught up with their own write (read-your-writes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+from discoverd.models import Cluster, ClusterConfig, Member
+from discoverd.store import keys
+from discoverd.store.gateway import KeyValue
+
+logger = logging.getLogger(__name__)
+
+ChangeListener = Callable[[frozenset[str]], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One key change from an etcd watch."""
+
+    deleted: bool
+    kv: KeyValue
+
+
+@dataclass(slots=True)
+class _MemberWaiter:
+    member_id: str | None
+    min_index: int
+    future: asyncio.Future[Member | None]
+
+
+class Registry:
+    """Clusters by token, the revision they reflect, and whoever waits on them."""
+
+    def __init__(self) -> None:
+        self._clusters: dict[str, Cluster] = {}
+        self.revision = 0
+        self.synced = False
+        self.unsynced_reason = "not yet read from etcd"
+        self._member_waiters: dict[str, list[_MemberWaiter]] = {}
+        self._revision_waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._sequence = itertools.count()
+        self._listeners: list[ChangeListener] = []
+
+    # -- reads --------------------------------------------------------------------------------
+
+    def cluster(self, token: str) -> Cluster | None:
+        return self._clusters.get(token)
+
+    def __len__(self) -> int:
+        return len(self._clusters)
+
+    @property
+    def waiting(self) -> int:
+        return sum(len(waiters) for waiters in self._member_waiters.values())
+
+    def add_listener(self, listener: ChangeListener) -> None:
+        """Call `listener(tokens)` after every change, with the tokens that changed."""
+        self._listeners.append(listener)
+
+    # -- updates from the feed ----------------------------------------------------------------
+
+    def reset(self, kvs: Sequence[KeyValue], revision: int) -> None:
+        """Replace everything with a full read of the registry at `revision`."""
+        clusters: dict[str, Cluster] = {}
+        members: list[tuple[str, Member]] = []
+        for kv in kvs:
+            parsed = keys.parse(kv.key)
+            if parsed is None:
+                continue
+            if parsed.kind is keys.KeyKind.CONFIG:
+                cluster = _cluster_from(parsed.token, kv)
+                if cluster is not None:
+                    clusters[parsed.token] = cluster
+            else:
+                members.append((parsed.token, _member_from(parsed.name, kv)))
+        for token, member in members:
+            if token in clusters:
+                clusters[token] = clusters[token].with_member(member)
+        changed = frozenset(self._clusters) | frozenset(clusters)
+        self._clusters = clusters
+        self.revision = max(self.revision, revision)
+        self.synced = True
+        self.unsynced_reason = ""
+        self._after_change(changed)
+
+    def apply(self, events: Iterable[Event], revision: int) -> None:
+        """Apply one watch response; `revision` is the newest revision it covers."""
+        changed: set[str] = set()
+        for event in events:
+            parsed = keys.parse(event.kv.key)
+            if parsed is None:
+                continue
+            changed.add(parsed.token)
+            current = self._clusters.get(parsed.token)
+            if parsed.kind is keys.KeyKind.CONFIG:
+                if event.deleted:
+                    self._clusters.pop(parsed.token, None)
+                else:
+                    cluster = _cluster_from(parsed.token, event.kv)
+                    if cluster is not None:
+                        members = current.members if current else ()
+                        self._clusters[parsed.token] = Cluster(
+                            cluster.token, cluster.config, cluster.created, cluster.lease, members
+                        )
+            elif current is not None:
+                if event.deleted:
+                    self._clusters[parsed.token] = current.without_member(parsed.name)
+                else:
+                    member = _member_from(parsed.name, event.kv)
+                    self._clusters[parsed.token] = current.with_member(member)
+        self.revision = max(self.revision, revision)
+        self._after_change(frozenset(changed))
+
+    def mark_unsynced(self, reason: str) -> None:
+        if self.synced:
+            logger.warning("registry view is stale: %s", reason)
+        self.synced = False
+        self.unsynced_reason = reason
+
+    # -- waiting ------------------------------------------------------------------------------
+
+    def wait_member(
+        self, token: str, member_id: str | None, min_index: int
+    ) -> asyncio.Future[Member | None]:
+        """A future for the first registration of `token` (or of its key `member_id`) whose
+        index is at least `min_index`. It resolves to None if the token goes away."""
+        future: asyncio.Future[Member | None] = asyncio.get_running_loop().create_future()
+        found = self._first_member(token, member_id, min_index)
+        if found is not None:
+            future.set_result(found)
+            return future
+        waiter = _MemberWaiter(member_id, min_index, future)
+        self._member_waiters.setdefault(token, []).append(waiter)
+        future.add_done_callback(lambda _: self._forget(token, waiter))
+        return future
+
+    def wait_revision(self, revision: int) -> asyncio.Future[None]:
+        """A future that resolves once the view reflects `revision`."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.revision >= revision:
+            future.set_result(None)
+        else:
+            heapq.heappush(self._revision_waiters, (revision, next(self._sequence), future))
+        return future
+
+    def release_all(self) -> None:
+        """Resolve every waiter with 'nothing yet' (used on shutdown)."""
+        for waiters in list(self._member_waiters.values()):
+            for waiter in list(waiters):
+                if not waiter.future.done():
+                    waiter.future.set_result(None)
+        while self._revision_waiters:
+            _, _, future = heapq.heappop(self._revision_waiters)
+            if not future.done():
+                future.set_result(None)
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _first_member(self, token: str, member_id: str | None, min_index: int) -> Member | None:
+        cluster = self._clusters.get(token)
+        if cluster is None:
+            return None
+        for member in cluster.members:
+            if member.created >= min_index and member_id in (None, member.member_id):
+                return member
+        return None
+
+    def _forget(self, token: str, waiter: _MemberWaiter) -> None:
+        waiters = self._member_waiters.get(token)
+        if waiters is None:
+            return
+        with contextlib.suppress(ValueError):
+            waiters.remove(waiter)
+        if not waiters:
+            del self._member_waiters[token]
+
+    def _after_change(self, changed: frozenset[str]) -> None:
+        for token in changed:
+            waiters = self._member_waiters.get(token)
+            if not waiters:
+                continue
+            gone = token not in self._clusters
+            for waiter in list(waiters):
+                if waiter.future.done():
+                    continue
+                if gone:
+                    waiter.future.set_result(None)
+                    continue
+                found = self._first_member(token, waiter.member_id, waiter.min_index)
+                if found is not None:
+                    waiter.future.set_result(found)
+        while self._revision_waiters and self._revision_waiters[0][0] <= self.revision:
+            _, _, future = heapq.heappop(self._revision_waiters)
+            if not future.done():
+                future.set_result(None)
+        if changed:
+            for listener in self._listeners:
+                listener(changed)
+
+
+def _cluster_from(token: str, kv: KeyValue) -> Cluster | None:
+    try:
+        config = ClusterConfig.model_validate_json(kv.value)
+    except ValidationError:
+        logger.error(
+            "ignoring a cluster whose stored config is unreadable (revision %d)", kv.mod_revision
+        )
+        return None
+    return Cluster(token=token, config=config, created=kv.create_revision, lease=kv.lease)
+
+
+def _member_from(member_id: str, kv: KeyValue) -> Member:
+    return Member(
+        member_id=member_id, value=kv.value.decode(errors="replace"), created=kv.create_revision
+    )
