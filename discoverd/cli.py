@@ -105,6 +105,7 @@ def serve(settings: Settings) -> int:
             print=lambda *_: logger.info("discoverd listening on %s (etcd: %s)", where, etcd),
             loop=loop,
             shutdown_timeout=5.0,
+            handler_cancellation=True,  # a long-poll whose client left frees its waiter at once
         )
     except EmbeddedEtcdError as exc:
         logger.error("%s", exc)

@@ -83,7 +83,7 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="DISCOVERD_", frozen=True, extra="forbid")
 
-    listen: HostPort = HostPort(host="127.0.0.1", port=8087)
+    listen: Annotated[HostPort, NoDecode] = HostPort(host="127.0.0.1", port=8087)
     public_url: str | None = None
     etcd: Annotated[tuple[str, ...], NoDecode] = ()
     data_dir: Path = Path("./discoverd-data")

@@ -93,7 +93,7 @@ async def _wait(request: web.Request, path: TokenPath) -> web.StreamResponse:
     service = app[appkeys.DISCOVERY]
     registry = app[appkeys.REGISTRY]
     raw_index = request.query.get("waitIndex", "0")
-    if not raw_index.isdigit() or len(raw_index) > 19:
+    if not protocol.INDEX_RE.fullmatch(raw_index):
         raise Invalid("waitIndex must be a non-negative integer", cause=raw_index[:32])
     # During an etcd outage a wait on a known token is held (the view resumes when etcd is
     # back); only a token this replica has never seen needs etcd, and gets 503 meanwhile.
@@ -121,9 +121,13 @@ async def _wait(request: web.Request, path: TokenPath) -> web.StreamResponse:
         member = None
     finally:
         gauge.dec()
-    if member is not None:
-        await response.write(protocol.render("create", protocol.member_node(path.token, member)))
-    await response.write_eof()
+    try:
+        if member is not None:
+            body = protocol.render("create", protocol.member_node(path.token, member))
+            await response.write(body)
+        await response.write_eof()
+    except ConnectionResetError:  # the client went away while it waited: nothing to tell it
+        pass
     return response
 
 

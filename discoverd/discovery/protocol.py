@@ -22,6 +22,8 @@ TOKEN_RE = re.compile(r"[0-9a-f]{32}")
 # etcd names its key with the member ID in lowercase hex, unpadded (types.ID.String()).
 MEMBER_ID_RE = re.compile(r"[0-9a-f]{1,16}")
 MEMBER_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+INDEX_RE = re.compile(r"[0-9]{1,19}")  # a v2 index is a uint64
+_VISIBLE_ASCII = re.compile(r"[\x21-\x7e]*")
 
 MAX_VALUE_BYTES = 4096
 MAX_PEER_URLS = 16
@@ -92,7 +94,7 @@ def parse_size(raw: str | None, *, default: int, maximum: int) -> int:
     if raw is None or raw == "":
         return default
     text = raw.strip()
-    if not re.fullmatch(r"\d{1,6}", text):
+    if not re.fullmatch(r"[0-9]{1,6}", text):  # not \d: it admits every script's digits
         raise Invalid(f"size must be a whole number from 1 to {maximum}", cause=_clip(raw))
     size = int(text)
     if not 1 <= size <= maximum:
@@ -108,6 +110,10 @@ def parse_member_value(raw: str) -> str:
     """
     if len(raw.encode()) > MAX_VALUE_BYTES:
         raise TooLarge(f"value is over {MAX_VALUE_BYTES} bytes")
+    if not _VISIBLE_ASCII.fullmatch(raw):
+        # Python's urlsplit drops tabs and newlines that Go's url.Parse rejects: one such
+        # registration would make every member of the cluster fail with ErrInvalidURL.
+        raise Invalid("value must be visible ASCII with no spaces or control characters")
     pairs = raw.split(",")
     if len(pairs) > MAX_PEER_URLS:
         raise Invalid(f"a member may register at most {MAX_PEER_URLS} peer URLs")

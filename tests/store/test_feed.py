@@ -1,0 +1,60 @@
+"""The watch feed keeps a registry in step with a real etcd, and starts over after a break."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from discoverd.models import ClusterConfig
+from discoverd.store.clusters import ClusterStore, RegisterOutcome
+from discoverd.store.feed import RegistryFeed
+from discoverd.store.gateway import EtcdGateway
+from discoverd.store.registry import Registry
+
+
+async def eventually(check, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+async def test_feed_follows_writes_and_resyncs(etcd_endpoint):
+    gateway = EtcdGateway([etcd_endpoint], timeout=2)
+    registry = Registry()
+    feed = RegistryFeed(gateway, registry, asyncio.get_running_loop())
+    store = ClusterStore(gateway)
+    feed.start()
+    try:
+        await eventually(lambda: registry.synced)
+        lease = await store.grant_lease(600)
+        token = "ab" * 16
+        revision = await store.create_clusters({token: ClusterConfig(size=2, created_at=0)}, lease)
+        assert revision is not None
+        await asyncio.wait_for(registry.wait_revision(revision), 5)
+        assert registry.cluster(token).config.size == 2
+
+        # Creating the same token again writes nothing.
+        assert (
+            await store.create_clusters({token: ClusterConfig(size=9, created_at=0)}, lease) is None
+        )
+
+        first = await store.register_v2(token, "a1", "n1=http://10.0.0.1:2380", lease)
+        again = await store.register_v2(token, "a1", "other=http://10.0.0.9:2380", lease)
+        missing = await store.register_v2("cd" * 16, "a1", "n1=http://10.0.0.1:2380", lease)
+        assert first.outcome is RegisterOutcome.CREATED
+        assert again.outcome is RegisterOutcome.EXISTS
+        assert again.member.value == "n1=http://10.0.0.1:2380"  # the first registration stays
+        assert missing.outcome is RegisterOutcome.NO_TOKEN
+
+        # A dropped watch: the feed reads everything again and misses nothing written meanwhile.
+        feed.restart_watch()
+        second = await store.register_v2(token, "a2", "n2=http://10.0.0.2:2380", lease)
+        await asyncio.wait_for(registry.wait_revision(second.revision), 5)
+        members = registry.cluster(token).members
+        assert [m.member_id for m in members] == ["a1", "a2"]
+        assert [m.created for m in members] == [first.revision, second.revision]
+        await eventually(lambda: feed.resyncs >= 1 and registry.synced)
+    finally:
+        await asyncio.to_thread(feed.stop)
+        gateway.close()

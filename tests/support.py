@@ -1,0 +1,135 @@
+"""Test helpers: real processes on loopback, started and stopped by pid; readiness by polling."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from discoverd.store.embedded import free_port
+
+
+def wait_until(
+    check: Callable[[], bool], timeout: float, what: str, interval: float = 0.05
+) -> None:
+    """Poll `check` until it is true; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def http(
+    method: str, url: str, data: bytes | None = None, timeout: float = 10
+) -> tuple[int, dict[str, str], bytes]:
+    """A plain HTTP request that returns (status, headers, body) for every status."""
+    request = urllib.request.Request(url, data=data, method=method)
+    if data is not None:
+        request.add_header("Content-Type", "application/x-www-form-urlencoded")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+class DiscoverdProcess:
+    """`python -m discoverd serve` as a real process on a free loopback port."""
+
+    def __init__(self, tmp: Path, etcd: Sequence[str] = (), *extra: str, port: int = 0) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.data_dir = tmp / f"discoverd-{self.port}"
+        self.log_path = tmp / f"discoverd-{self.port}.log"
+        self.args = [
+            sys.executable,
+            "-m",
+            "discoverd",
+            "serve",
+            "--listen",
+            f"127.0.0.1:{self.port}",
+            "--data-dir",
+            str(self.data_dir),
+            "--new-rate",
+            "0",
+            *(["--etcd", ",".join(etcd)] if etcd else []),
+            *extra,
+        ]
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30, healthy: bool = True) -> DiscoverdProcess:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                self.args, stdout=log, stderr=log, stdin=subprocess.DEVNULL
+            )
+        if healthy:
+            wait_until(
+                self.healthy, timeout, f"discoverd on {self.url} to be healthy ({self.log()})"
+            )
+        else:
+            wait_until(self.listening, timeout, f"discoverd on {self.url} to listen ({self.log()})")
+        return self
+
+    def healthy(self) -> bool:
+        return self.listening() and http("GET", self.url + "/health", timeout=3)[0] == 200
+
+    def listening(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"discoverd exited with {self.process.returncode}: {self.log()}")
+        try:
+            http("GET", self.url + "/", timeout=1)
+        except OSError:
+            return False
+        return True
+
+    def new(self, size: int = 3) -> str:
+        status, _, body = http("POST", f"{self.url}/new?size={size}")
+        assert status == 200, body
+        return body.decode()
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+        process, self.process = self.process, None
+        if process is None:
+            return 0
+        if process.poll() is None:
+            process.send_signal(sig)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        return process.returncode
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-3000:]
+        except OSError:
+            return ""
+
+
+def v2_json(body: bytes) -> dict:
+    return json.loads(body)
+
+
+def pid_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0): look at its state.
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
+    return True
