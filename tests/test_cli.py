@@ -1,0 +1,45 @@
+"""The command line: settings errors, and `discoverd new` against a running service."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import pytest
+
+from discoverd.cli import main
+from discoverd.store.embedded import free_port
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["serve", "--listen", "nonsense"], "invalid listen"),
+        (["serve", "--etcd", "localhost:2379"], "invalid etcd"),
+        (["serve", "--token-ttl", "forever"], "invalid token_ttl"),
+        (["serve", "--max-size", "0"], "invalid max_size"),
+    ],
+)
+def test_serve_refuses_bad_settings(argv, message, capsys):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+async def test_new_prints_a_discovery_url(client, capsys):
+    server = str(client.make_url("")).rstrip("/")
+    assert await asyncio.to_thread(main, ["new", "--size", "5", "--server", server]) == 0
+    url = capsys.readouterr().out.strip()
+    assert re.fullmatch(r"http://discoverd\.test:8087/[0-9a-f]{32}", url)
+    token = url.rsplit("/", 1)[1]
+    assert (await (await client.get(f"/{token}/_config/size")).json())["node"]["value"] == "5"
+
+
+async def test_new_reports_a_refusal(client, capsys):
+    server = str(client.make_url("")).rstrip("/")
+    assert await asyncio.to_thread(main, ["new", "--size", "0", "--server", server]) == 1
+    assert "size must be a whole number from 1 to 99" in capsys.readouterr().err
+
+
+def test_new_reports_an_unreachable_server(capsys):
+    assert main(["new", "--server", f"http://127.0.0.1:{free_port()}"]) == 1
+    assert "cannot reach" in capsys.readouterr().err

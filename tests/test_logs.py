@@ -1,0 +1,46 @@
+"""Logs are structured and never carry a token."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from aiohttp.test_utils import TestServer
+
+from discoverd import logs
+from discoverd.app import build_app
+
+TOKEN = "3e86b59982e49066c5d813af1c2e2579"
+
+
+def test_redact_replaces_tokens_with_a_stable_fingerprint():
+    redacted = logs.redact(f"/{TOKEN}/_config/size?x=1")
+    assert TOKEN not in redacted
+    assert redacted == "/{token:" + logs.fingerprint(TOKEN) + "}/_config/size?x=1"
+    assert logs.redact(f"/{TOKEN.upper()}") == logs.redact(f"/{TOKEN}")
+
+
+def test_json_lines_carry_the_extra_fields():
+    record = logging.LogRecord("discoverd.x", logging.INFO, __file__, 1, "hello %s", ("you",), None)
+    record.status = 201
+    line = json.loads(logs.JsonFormatter().format(record))
+    assert line["msg"] == "hello you" and line["status"] == 201 and line["level"] == "info"
+
+
+async def test_access_log_has_one_line_per_request_without_the_token(
+    aiohttp_client, settings, caplog
+):
+    access = logging.getLogger("discoverd.access.test")
+    caplog.set_level(logging.INFO, logger="discoverd.access.test")  # aiohttp checks at start
+    server = TestServer(build_app(settings))
+    await server.start_server(access_log_class=logs.AccessLogger, access_log=access)
+    client = await aiohttp_client(server)
+    url = await (await client.post("/new")).text()
+    token = url.rsplit("/", 1)[1]
+    await client.get(f"/{token}/_config/size")
+    await client.put(f"/{token}/1", data={"value": "m=http://10.0.0.1:2380"})
+    await client.get("/health")  # the previous line is logged once its response is done
+    lines = [r for r in caplog.records if r.name == "discoverd.access.test"]
+    assert [(r.method, r.status) for r in lines][:3] == [("POST", 200), ("GET", 200), ("PUT", 201)]
+    assert all(token not in r.getMessage() and token not in r.path for r in lines)
+    assert lines[1].path == "/{token:" + logs.fingerprint(token) + "}/_config/size"
