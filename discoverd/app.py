@@ -5,7 +5,8 @@ Resources start in this order and stop in reverse (aiohttp `cleanup_ctx`):
     etcd      the embedded etcd process (only without --etcd) -> ENDPOINTS
     gateway   the etcd3gw facade and its thread pool          -> GATEWAY
     registry  the in-memory view, its watch thread and probe  -> REGISTRY
-    services  the discovery service (token group commit)      -> DISCOVERY
+    services  the discovery and cluster services              -> DISCOVERY, CLUSTERS
+    dns       the zone, fed by registry changes; UDP+TCP      -> DNS_RESPONDER, DNS_SERVER
 
 Long-poll waits are released on shutdown, so a stopping replica answers them with an empty 200
 (etcd's client polls again) instead of holding the shutdown for --wait-timeout.
@@ -21,9 +22,15 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from discoverd import appkeys, middlewares, ops
-from discoverd.config import Settings
+from discoverd.clusters import handlers as cluster_handlers
+from discoverd.clusters.service import ClusterService
+from discoverd.config import Settings, specific_address
 from discoverd.discovery import handlers as discovery_handlers
 from discoverd.discovery.service import DiscoveryService, Limits
+from discoverd.dns.server import DnsServer
+from discoverd.dns.view import published
+from discoverd.dns.wire import Responder
+from discoverd.dns.zone import Zone
 from discoverd.metrics import Metrics
 from discoverd.ratelimit import RateLimiter
 from discoverd.store.clusters import ClusterStore
@@ -46,9 +53,10 @@ def build_app(settings: Settings) -> web.Application:
     app[appkeys.METRICS] = Metrics()
     app[appkeys.REGISTRY] = Registry()
     app[appkeys.NEW_LIMITER] = RateLimiter(settings.new_rate, settings.new_burst)
-    app.cleanup_ctx.extend([etcd_ctx, gateway_ctx, registry_ctx, services_ctx])
+    app.cleanup_ctx.extend([etcd_ctx, gateway_ctx, registry_ctx, services_ctx, dns_ctx])
     app.on_shutdown.append(_release_waits)
     ops.setup_routes(app)
+    cluster_handlers.setup_routes(app, settings.route_prefix)
     discovery_handlers.setup_routes(app, settings.route_prefix)
     return app
 
@@ -109,10 +117,38 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         on_register=lambda result: metrics.registrations.labels(result).inc(),
     )
     app[appkeys.DISCOVERY] = service
+    store = ClusterStore(app[appkeys.GATEWAY])
+    app[appkeys.CLUSTERS] = ClusterService(service, store, settings.dns_zone, settings.token_ttl)
     try:
         yield
     finally:
         await service.close()
+
+
+async def dns_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[appkeys.SETTINGS]
+    registry = app[appkeys.REGISTRY]
+    ns_address = specific_address(settings.dns_listen.host)
+    zone = Zone(settings.dns_zone, [ns_address] if ns_address else [])
+    responder = Responder(zone.lookup)
+
+    def follow(tokens: frozenset[str]) -> None:
+        for token in tokens:
+            cluster = registry.cluster(token)
+            zone.set_cluster(token, published(cluster) if cluster else None, registry.revision)
+        responder.invalidate()
+
+    follow(registry.tokens())
+    registry.add_listener(follow)
+    server = DnsServer(responder, settings.dns_listen.host, settings.dns_listen.port)
+    await server.start()
+    logger.info("DNS for %s on %s (udp+tcp)", settings.dns_zone, server.address)
+    app[appkeys.DNS_RESPONDER] = responder
+    app[appkeys.DNS_SERVER] = server
+    try:
+        yield
+    finally:
+        await server.stop()
 
 
 async def _release_waits(app: web.Application) -> None:

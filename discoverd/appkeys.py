@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from discoverd.clusters.service import ClusterService
 from discoverd.config import Settings
 from discoverd.discovery.service import DiscoveryService
+from discoverd.dns.server import DnsServer
+from discoverd.dns.wire import Responder
 from discoverd.metrics import Metrics
 from discoverd.ratelimit import RateLimiter
 from discoverd.store.gateway import EtcdGateway
@@ -18,3 +21,6 @@ GATEWAY = web.AppKey("gateway", EtcdGateway)
 REGISTRY = web.AppKey("registry", Registry)
 DISCOVERY = web.AppKey("discovery", DiscoveryService)
 NEW_LIMITER = web.AppKey("new_limiter", RateLimiter)
+CLUSTERS = web.AppKey("clusters", ClusterService)
+DNS_RESPONDER = web.AppKey("dns_responder", Responder)
+DNS_SERVER = web.AppKey("dns_server", DnsServer)

@@ -34,6 +34,8 @@ _SERVE_FLAGS: dict[str, tuple[str, str]] = {
         "base of the URLs that /new hands out (default http://<listen>)",
     ),
     "--etcd": ("etcd", "backing etcd client URLs, comma-separated (default: embedded etcd)"),
+    "--dns-listen": ("dns_listen", "DNS responder HOST:PORT, UDP and TCP (127.0.0.1:8053)"),
+    "--dns-zone": ("dns_zone", "zone the DNS responder is authoritative for (etcd.internal)"),
     "--data-dir": ("data_dir", "embedded etcd data (default ./discoverd-data)"),
     "--token-ttl": ("token_ttl", "a token and all its records expire after this (default 7d)"),
     "--max-size": ("max_size", "largest cluster size /new accepts (default 99)"),
@@ -102,7 +104,9 @@ def serve(settings: Settings) -> int:
             port=settings.listen.port,
             access_log_class=logs.AccessLogger,
             access_log=logging.getLogger("discoverd.access"),
-            print=lambda *_: logger.info("discoverd listening on %s (etcd: %s)", where, etcd),
+            print=lambda *_: logger.info(
+                "discoverd listening on %s, DNS on %s (etcd: %s)", where, settings.dns_listen, etcd
+            ),
             loop=loop,
             shutdown_timeout=5.0,
             handler_cancellation=True,  # a long-poll whose client left frees its waiter at once

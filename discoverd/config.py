@@ -85,6 +85,8 @@ class Settings(BaseSettings):
 
     listen: Annotated[HostPort, NoDecode] = HostPort(host="127.0.0.1", port=8087)
     public_url: str | None = None
+    dns_listen: Annotated[HostPort, NoDecode] = HostPort(host="127.0.0.1", port=8053)
+    dns_zone: str = "etcd.internal"
     etcd: Annotated[tuple[str, ...], NoDecode] = ()
     data_dir: Path = Path("./discoverd-data")
     token_ttl: float = 7 * 86400
@@ -98,7 +100,7 @@ class Settings(BaseSettings):
     log_level: str = "info"
     log_format: str = "json"
 
-    @field_validator("listen", mode="before")
+    @field_validator("listen", "dns_listen", mode="before")
     @classmethod
     def _listen(cls, value: Any) -> Any:
         return HostPort.parse(value) if isinstance(value, str) else value
@@ -109,6 +111,15 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             value = [part.strip() for part in value.split(",") if part.strip()]
         return tuple(_check_url(url.rstrip("/"), "--etcd endpoint") for url in value)
+
+    @field_validator("dns_zone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        zone = value.strip().rstrip(".").lower()
+        labels = zone.split(".")
+        if not all(re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", label) for label in labels):
+            raise ValueError(f"not a DNS zone name: {value!r}")
+        return zone
 
     @field_validator("public_url")
     @classmethod
@@ -159,8 +170,10 @@ class Settings(BaseSettings):
         return not self.etcd
 
 
-def is_loopback(host: str) -> bool:
+def specific_address(host: str) -> str | None:
+    """`host` if it is one IP address (not a wildcard), else None."""
     try:
-        return ipaddress.ip_address(host).is_loopback
+        address = ipaddress.ip_address(host)
     except ValueError:
-        return host == "localhost"
+        return None
+    return None if address.is_unspecified else str(address)

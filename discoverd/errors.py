@@ -5,6 +5,7 @@
     │   └── TooLarge   a key, value or body is over its bound
     ├── NotFound       no such token or key
     ├── Conflict       the key exists already (registrations are create-only)
+    │   └── NameTaken  a cluster name is already in use
     ├── Forbidden      the operation is never allowed on this resource (read-only keys)
     ├── RateLimited    the client asked too often; carries retry_after seconds
     └── Unavailable    the backing etcd does not answer; transient, retry later
@@ -39,6 +40,10 @@ class NotFound(DiscoverdError):
 
 class Conflict(DiscoverdError):
     """The key exists already."""
+
+
+class NameTaken(Conflict):
+    """A cluster name is already in use."""
 
 
 class Forbidden(DiscoverdError):

@@ -7,7 +7,7 @@ snapshot; a change replaces the whole `Cluster` object.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -19,6 +19,23 @@ class ClusterConfig(BaseModel):
 
     size: int = Field(ge=1)
     created_at: float = Field(description="unix time of creation")
+    name: str | None = Field(default=None, description="published as <name>.<zone> in DNS")
+
+
+class MemberRecord(BaseModel):
+    """A member registered through the member API: the URLs its peers and clients use."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    peer_urls: tuple[str, ...]
+    client_urls: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ApiMember:
+    name: str
+    record: MemberRecord
+    revision: int  # etcd mod revision of the record
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +56,7 @@ class Cluster:
     created: int  # revision of the config key
     lease: int
     members: tuple[Member, ...] = field(default=())
+    api_members: tuple[ApiMember, ...] = field(default=())
 
     def member(self, member_id: str) -> Member | None:
         for member in self.members:
@@ -49,8 +67,19 @@ class Cluster:
     def with_member(self, member: Member) -> Cluster:
         kept = tuple(m for m in self.members if m.member_id != member.member_id)
         ordered = tuple(sorted((*kept, member), key=lambda m: m.created))
-        return Cluster(self.token, self.config, self.created, self.lease, ordered)
+        return replace(self, members=ordered)
 
     def without_member(self, member_id: str) -> Cluster:
-        kept = tuple(m for m in self.members if m.member_id != member_id)
-        return Cluster(self.token, self.config, self.created, self.lease, kept)
+        return replace(self, members=tuple(m for m in self.members if m.member_id != member_id))
+
+    def with_api_member(self, member: ApiMember) -> Cluster:
+        kept = tuple(m for m in self.api_members if m.name != member.name)
+        return replace(self, api_members=tuple(sorted((*kept, member), key=lambda m: m.name)))
+
+    def without_api_member(self, name: str) -> Cluster:
+        return replace(self, api_members=tuple(m for m in self.api_members if m.name != name))
+
+    def member_names(self) -> set[str]:
+        """Every member name registered, through v2 discovery or the member API."""
+        v2 = {member.value.partition("=")[0] for member in self.members}
+        return v2 | {member.name for member in self.api_members}

@@ -35,6 +35,7 @@ def settings(etcd_endpoint: str, tmp_path: Path) -> Settings:
         public_url="http://discoverd.test:8087",
         new_rate=0,
         wait_timeout="2s",
+        dns_listen="127.0.0.1:0",
     )
 
 

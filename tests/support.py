@@ -47,6 +47,7 @@ class DiscoverdProcess:
 
     def __init__(self, tmp: Path, etcd: Sequence[str] = (), *extra: str, port: int = 0) -> None:
         self.port = port or free_port()
+        self.dns_port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.data_dir = tmp / f"discoverd-{self.port}"
         self.log_path = tmp / f"discoverd-{self.port}.log"
@@ -61,6 +62,8 @@ class DiscoverdProcess:
             str(self.data_dir),
             "--new-rate",
             "0",
+            "--dns-listen",
+            f"127.0.0.1:{self.dns_port}",
             *(["--etcd", ",".join(etcd)] if etcd else []),
             *extra,
         ]

@@ -40,14 +40,16 @@ async def new_token(request: web.Request) -> web.Response:
     except RateLimited:
         app[appkeys.METRICS].rate_limited.inc()
         raise
-    raw = request.query.get("size")
+    params: dict[str, str] = dict(request.query)
     if request.method == "POST" and request.content_type in _FORM_TYPES:
-        raw = (await request.post()).get("size", raw)  # type: ignore[assignment]
+        form = await request.post()
+        params.update({k: v for k, v in form.items() if isinstance(v, str)})
     service = app[appkeys.DISCOVERY]
     size = protocol.parse_size(
-        raw, default=service.limits.default_size, maximum=service.limits.max_size
+        params.get("size"), default=service.limits.default_size, maximum=service.limits.max_size
     )
-    token = await service.new_token(size)
+    name = protocol.parse_cluster_name(params.get("name"))
+    token = await service.new_token(size, name)
     app[appkeys.METRICS].tokens_created.inc()
     return web.Response(text=f"{app[appkeys.SETTINGS].base_url}/{token}")
 

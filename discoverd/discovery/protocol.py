@@ -23,6 +23,8 @@ TOKEN_RE = re.compile(r"[0-9a-f]{32}")
 MEMBER_ID_RE = re.compile(r"[0-9a-f]{1,16}")
 MEMBER_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 INDEX_RE = re.compile(r"[0-9]{1,19}")  # a v2 index is a uint64
+CLUSTER_NAME_RE = re.compile(r"[a-z]([a-z0-9-]{0,29}[a-z0-9])?")
+RESERVED_NAMES = frozenset({"ns", "hostmaster"})  # names the zone itself uses
 _VISIBLE_ASCII = re.compile(r"[\x21-\x7e]*")
 
 MAX_VALUE_BYTES = 4096
@@ -100,6 +102,20 @@ def parse_size(raw: str | None, *, default: int, maximum: int) -> int:
     if not 1 <= size <= maximum:
         raise Invalid(f"size must be a whole number from 1 to {maximum}", cause=_clip(raw))
     return size
+
+
+def parse_cluster_name(raw: str | None) -> str | None:
+    """An optional cluster name: one lowercase DNS label (it becomes `<name>.<zone>` and the
+    `--discovery-srv-name`), at most 31 characters so it can never look like a token."""
+    if raw is None or raw == "":
+        return None
+    if not CLUSTER_NAME_RE.fullmatch(raw) or raw in RESERVED_NAMES:
+        raise Invalid(
+            "name must be 1-31 lowercase letters, digits or '-', starting with a letter "
+            f"(not {', '.join(sorted(RESERVED_NAMES))})",
+            cause=_clip(raw),
+        )
+    return raw
 
 
 def parse_member_value(raw: str) -> str:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from discoverd.discovery import protocol
-from discoverd.errors import Conflict, DiscoverdError, Invalid, NotFound, Unavailable
+from discoverd.errors import Conflict, DiscoverdError, Invalid, NameTaken, NotFound, Unavailable
 from discoverd.models import Cluster, ClusterConfig, Member
 from discoverd.store.clusters import ClusterStore, LeaseGone, RegisterOutcome
 from discoverd.store.registry import Registry
@@ -56,9 +56,17 @@ class DiscoveryService:
 
     # -- tokens -------------------------------------------------------------------------------
 
-    async def new_token(self, size: int) -> str:
-        token, revision = await self._minter.mint(ClusterConfig(size=size, created_at=time.time()))
-        await self._caught_up(revision)
+    async def new_token(self, size: int, name: str | None = None) -> str:
+        config = ClusterConfig(size=size, created_at=time.time(), name=name)
+        if name is None:
+            token, revision = await self._minter.mint(config)
+        else:
+            token = protocol.new_token()
+            created = await self._minter.create_named(token, config)
+            if created is None:
+                raise NameTaken(f"cluster name {name!r} is taken", cause=name)
+            revision = created
+        await self.caught_up(revision)
         return token
 
     async def cluster(self, token: str) -> Cluster:
@@ -72,7 +80,7 @@ class DiscoveryService:
         revision, stored = await self._store.read_cluster(token)
         if stored is None:
             raise NotFound("Key not found", cause=f"/{token}")
-        await self._caught_up(revision)
+        await self.caught_up(revision)
         cluster = self.registry.cluster(token)
         if cluster is None:
             raise NotFound("Key not found", cause=f"/{token}")
@@ -83,7 +91,7 @@ class DiscoveryService:
     async def register(self, token: str, member_id: str, value: str) -> Member:
         value = protocol.parse_member_value(value)
         cluster = await self.cluster(token)
-        cap = max(2 * cluster.config.size, cluster.config.size + 2)
+        cap = registration_cap(cluster.config.size)
         if len(cluster.members) >= cap and cluster.member(member_id) is None:
             raise Invalid(
                 f"cluster is full: {len(cluster.members)} registrations for size "
@@ -97,7 +105,7 @@ class DiscoveryService:
             self._on_register("duplicate")
             raise Conflict("Key already exists", cause=f"/{token}/{member_id}")
         self._on_register("created")
-        await self._caught_up(registration.revision)
+        await self.caught_up(registration.revision)
         assert registration.member is not None
         return registration.member
 
@@ -108,11 +116,18 @@ class DiscoveryService:
         min_index = wait_index if wait_index > 0 else self.registry.revision + 1
         return self.registry.wait_member(token, member_id, min_index)
 
-    async def _caught_up(self, revision: int) -> None:
+    async def caught_up(self, revision: int) -> None:
+        """Return once this replica's view shows `revision` (read-your-writes)."""
         try:
             await asyncio.wait_for(self.registry.wait_revision(revision), CATCH_UP)
         except TimeoutError as exc:
             raise Unavailable("the registry view is not catching up with etcd") from exc
+
+
+def registration_cap(size: int) -> int:
+    """How many members a cluster of `size` may register: late racers still need to find
+    themselves outside the first `size` (etcd's own "cluster is full"), but no more."""
+    return max(2 * size, size + 2)
 
 
 class _TokenMinter:
@@ -134,6 +149,18 @@ class _TokenMinter:
         self._pending.append((token, config, future))
         self._kick()
         return token, await future
+
+    async def create_named(self, token: str, config: ClusterConfig) -> int | None:
+        """A named token in a transaction of its own (the name must be claimed with it)."""
+        try:
+            return await self._store.create_named_cluster(
+                token, config, await self._current_lease()
+            )
+        except LeaseGone:
+            self._lease_until = 0.0
+            return await self._store.create_named_cluster(
+                token, config, await self._current_lease()
+            )
 
     async def close(self) -> None:
         for task in list(self._tasks):

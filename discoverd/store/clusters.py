@@ -13,7 +13,7 @@ from enum import Enum
 from typing import Any
 
 from discoverd.errors import NotFound, Unavailable
-from discoverd.models import ClusterConfig, Member
+from discoverd.models import ClusterConfig, Member, MemberRecord
 from discoverd.store import keys
 from discoverd.store.gateway import EtcdGateway, EtcdRejected, KeyValue, b64, decode_kv
 
@@ -62,17 +62,66 @@ class ClusterStore:
             )
             put = {"key": key, "value": b64(config.model_dump_json()), "lease": lease}
             success.append({"request_put": put})
-        try:
-            result = await self._gateway.txn(
-                {"compare": compare, "success": success, "failure": []}
-            )
-        except EtcdRejected as exc:
-            if "lease not found" in exc.detail:
-                raise LeaseGone(exc.detail) from exc
-            raise Unavailable(f"etcd refused to create tokens: {exc.detail}") from exc
+        txn = {"compare": compare, "success": success, "failure": []}
+        result = await self._txn(txn, "create tokens")
         if not result.get("succeeded"):
             return None
         return int(result["header"]["revision"])
+
+    async def create_named_cluster(
+        self, token: str, config: ClusterConfig, lease: int
+    ) -> int | None:
+        """Create a token that also claims `config.name`; None if the name is taken."""
+        assert config.name is not None
+        name_key = b64(keys.cluster_name(config.name))
+        config_key = b64(keys.cluster_config(token))
+        txn = {
+            "compare": [
+                {"key": name_key, "result": "EQUAL", "target": "CREATE", "create_revision": 0},
+                {"key": config_key, "result": "EQUAL", "target": "CREATE", "create_revision": 0},
+            ],
+            "success": [
+                {"request_put": {"key": name_key, "value": b64(token), "lease": lease}},
+                {
+                    "request_put": {
+                        "key": config_key,
+                        "value": b64(config.model_dump_json()),
+                        "lease": lease,
+                    }
+                },
+            ],
+            "failure": [],
+        }
+        result = await self._txn(txn, "create a cluster")
+        return int(result["header"]["revision"]) if result.get("succeeded") else None
+
+    async def put_api_member(
+        self, token: str, name: str, record: MemberRecord, lease: int
+    ) -> int | None:
+        """Create or replace a member API record; None if the token does not exist."""
+        config_key = b64(keys.cluster_config(token))
+        put = {
+            "key": b64(keys.api_member(token, name)),
+            "value": b64(record.model_dump_json()),
+            "lease": lease,
+        }
+        txn = {
+            "compare": [
+                {"key": config_key, "result": "GREATER", "target": "CREATE", "create_revision": 0}
+            ],
+            "success": [{"request_put": put}],
+            "failure": [],
+        }
+        result = await self._txn(txn, "register a member")
+        return int(result["header"]["revision"]) if result.get("succeeded") else None
+
+    async def _txn(self, txn: dict[str, Any], what: str) -> dict[str, Any]:
+        try:
+            return await self._gateway.txn(txn)
+        except EtcdRejected as exc:
+            if "lease not found" in exc.detail:
+                raise LeaseGone(exc.detail) from exc
+            raise Unavailable(f"etcd refused to {what}: {exc.detail}") from exc
 
     async def register_v2(self, token: str, member_id: str, value: str, lease: int) -> Registration:
         """Create `v2/<member_id>` under an existing token, attached to the token's lease."""

@@ -4,6 +4,8 @@ Everything discoverd stores lives under one root, one directory per cluster toke
 
     /discoverd/v1/clusters/<token>/config       ClusterConfig JSON; holds the token's lease
     /discoverd/v1/clusters/<token>/v2/<id>      a v2 discovery registration: "name=peerURL,..."
+    /discoverd/v1/clusters/<token>/members/<n>  a member API record: MemberRecord JSON
+    /discoverd/v1/names/<name>                  the token a cluster name belongs to (unique)
 
 For example, a 3-member token 3e86b59982e49066c5d813af1c2e2579 with one registered member:
 
@@ -21,11 +23,14 @@ from enum import Enum
 
 ROOT = "/discoverd/v1/"
 CLUSTERS = ROOT + "clusters/"
+NAMES = ROOT + "names/"
 
 
 class KeyKind(Enum):
     CONFIG = "config"
     V2_MEMBER = "v2"
+    API_MEMBER = "members"
+    NAME = "name"
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,13 +55,27 @@ def v2_member(token: str, member_id: str) -> str:
     return f"{CLUSTERS}{token}/v2/{member_id}"
 
 
+def api_member(token: str, name: str) -> str:
+    """`/discoverd/v1/clusters/<token>/members/<name>`"""
+    return f"{CLUSTERS}{token}/members/{name}"
+
+
+def cluster_name(name: str) -> str:
+    """`/discoverd/v1/names/<name>`: its value is the token."""
+    return f"{NAMES}{name}"
+
+
 def parse(key: str) -> ParsedKey | None:
     """The meaning of a key under ROOT, or None for a key this version does not know."""
+    if key.startswith(NAMES):
+        name = key[len(NAMES) :]
+        return ParsedKey(KeyKind.NAME, "", name) if name and "/" not in name else None
     if not key.startswith(CLUSTERS):
         return None
     parts = key[len(CLUSTERS) :].split("/")
     if len(parts) == 2 and parts[1] == "config":
         return ParsedKey(KeyKind.CONFIG, parts[0])
-    if len(parts) == 3 and parts[1] == "v2" and parts[2]:
-        return ParsedKey(KeyKind.V2_MEMBER, parts[0], parts[2])
+    if len(parts) == 3 and parts[1] in ("v2", "members") and parts[2]:
+        kind = KeyKind.V2_MEMBER if parts[1] == "v2" else KeyKind.API_MEMBER
+        return ParsedKey(kind, parts[0], parts[2])
     return None

@@ -18,11 +18,11 @@ import heapq
 import itertools
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pydantic import ValidationError
 
-from discoverd.models import Cluster, ClusterConfig, Member
+from discoverd.models import ApiMember, Cluster, ClusterConfig, Member, MemberRecord
 from discoverd.store import keys
 from discoverd.store.gateway import KeyValue
 
@@ -67,6 +67,9 @@ class Registry:
     def __len__(self) -> int:
         return len(self._clusters)
 
+    def tokens(self) -> frozenset[str]:
+        return frozenset(self._clusters)
+
     @property
     def waiting(self) -> int:
         return sum(len(waiters) for waiters in self._member_waiters.values())
@@ -80,20 +83,20 @@ class Registry:
     def reset(self, kvs: Sequence[KeyValue], revision: int) -> None:
         """Replace everything with a full read of the registry at `revision`."""
         clusters: dict[str, Cluster] = {}
-        members: list[tuple[str, Member]] = []
+        children: list[tuple[keys.ParsedKey, KeyValue]] = []
         for kv in kvs:
             parsed = keys.parse(kv.key)
-            if parsed is None:
+            if parsed is None or parsed.kind is keys.KeyKind.NAME:
                 continue
             if parsed.kind is keys.KeyKind.CONFIG:
                 cluster = _cluster_from(parsed.token, kv)
                 if cluster is not None:
                     clusters[parsed.token] = cluster
             else:
-                members.append((parsed.token, _member_from(parsed.name, kv)))
-        for token, member in members:
-            if token in clusters:
-                clusters[token] = clusters[token].with_member(member)
+                children.append((parsed, kv))
+        for parsed, kv in children:
+            if parsed.token in clusters:
+                clusters[parsed.token] = _with_child(clusters[parsed.token], parsed, kv)
         changed = frozenset(self._clusters) | frozenset(clusters)
         self._clusters = clusters
         self.revision = max(self.revision, revision)
@@ -106,7 +109,7 @@ class Registry:
         changed: set[str] = set()
         for event in events:
             parsed = keys.parse(event.kv.key)
-            if parsed is None:
+            if parsed is None or parsed.kind is keys.KeyKind.NAME:
                 continue
             changed.add(parsed.token)
             current = self._clusters.get(parsed.token)
@@ -115,17 +118,22 @@ class Registry:
                     self._clusters.pop(parsed.token, None)
                 else:
                     cluster = _cluster_from(parsed.token, event.kv)
-                    if cluster is not None:
-                        members = current.members if current else ()
-                        self._clusters[parsed.token] = Cluster(
-                            cluster.token, cluster.config, cluster.created, cluster.lease, members
+                    if cluster is not None and current is not None:
+                        cluster = replace(
+                            current,
+                            config=cluster.config,
+                            created=cluster.created,
+                            lease=cluster.lease,
                         )
+                    if cluster is not None:
+                        self._clusters[parsed.token] = cluster
             elif current is not None:
-                if event.deleted:
+                if event.deleted and parsed.kind is keys.KeyKind.V2_MEMBER:
                     self._clusters[parsed.token] = current.without_member(parsed.name)
+                elif event.deleted:
+                    self._clusters[parsed.token] = current.without_api_member(parsed.name)
                 else:
-                    member = _member_from(parsed.name, event.kv)
-                    self._clusters[parsed.token] = current.with_member(member)
+                    self._clusters[parsed.token] = _with_child(current, parsed, event.kv)
         self.revision = max(self.revision, revision)
         self._after_change(frozenset(changed))
 
@@ -231,6 +239,17 @@ def _cluster_from(token: str, kv: KeyValue) -> Cluster | None:
         )
         return None
     return Cluster(token=token, config=config, created=kv.create_revision, lease=kv.lease)
+
+
+def _with_child(cluster: Cluster, parsed: keys.ParsedKey, kv: KeyValue) -> Cluster:
+    if parsed.kind is keys.KeyKind.V2_MEMBER:
+        return cluster.with_member(_member_from(parsed.name, kv))
+    try:
+        record = MemberRecord.model_validate_json(kv.value)
+    except ValidationError:
+        logger.error("ignoring an unreadable member record (revision %d)", kv.mod_revision)
+        return cluster
+    return cluster.with_api_member(ApiMember(parsed.name, record, kv.mod_revision))
 
 
 def _member_from(member_id: str, kv: KeyValue) -> Member:

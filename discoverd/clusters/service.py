@@ -1,0 +1,126 @@
+"""Cluster use cases beyond v2 discovery: register a member's URLs for DNS, view a cluster.
+
+The member API is what makes SRV bootstrap and client SRV records possible: v2 registrations
+carry only peer URLs. Knowing the token authorises a write, as with v2 discovery; a member may
+re-register (update) its own name, and the number of names per cluster is capped.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from discoverd.discovery import protocol
+from discoverd.discovery.service import DiscoveryService, registration_cap
+from discoverd.dns import names
+from discoverd.dns.view import published
+from discoverd.errors import Invalid, NotFound
+from discoverd.models import ApiMember, Cluster, MemberRecord
+from discoverd.store.clusters import ClusterStore
+
+
+class MemberRequest(BaseModel):
+    """The body of `PUT /api/v1/clusters/<token>/members/<name>`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    peer_urls: list[str] = Field(min_length=1, max_length=protocol.MAX_PEER_URLS)
+    client_urls: list[str] = Field(default_factory=list, max_length=protocol.MAX_PEER_URLS)
+
+
+class ClusterService:
+    def __init__(
+        self, discovery: DiscoveryService, store: ClusterStore, zone: str, token_ttl: float
+    ) -> None:
+        self._discovery = discovery
+        self._store = store
+        self._zone = zone.rstrip(".")
+        self._ttl = token_ttl
+
+    async def put_member(self, token: str, name: str, body: bytes) -> ApiMember:
+        if not names.is_host_label(name):
+            raise Invalid(
+                "member name must be a DNS label: letters, digits, '-' or '_', at most 63",
+                cause=name[:64],
+            )
+        request = _parse_member_request(body)
+        for url in (*request.peer_urls, *request.client_urls):
+            protocol.check_peer_url(url)
+        record = MemberRecord(
+            peer_urls=tuple(request.peer_urls), client_urls=tuple(request.client_urls)
+        )
+        cluster = await self._discovery.cluster(token)
+        known = cluster.member_names()
+        if name not in known and len(known) >= registration_cap(cluster.config.size):
+            raise Invalid(
+                f"cluster is full: {len(known)} members for size {cluster.config.size}",
+                cause=name,
+            )
+        revision = await self._store.put_api_member(token, name, record, cluster.lease)
+        if revision is None:
+            raise NotFound("no such cluster", cause=f"/{token}")
+        await self._discovery.caught_up(revision)
+        return ApiMember(name, record, revision)
+
+    async def view(self, token: str) -> dict[str, Any]:
+        return self.render(await self._discovery.cluster(token))
+
+    def render(self, cluster: Cluster) -> dict[str, Any]:
+        """The JSON view of a cluster: what `discoverd status` and operators read."""
+        config = cluster.config
+        members = published(cluster).members
+        domains = [f"{cluster.token}.{self._zone}"]
+        if config.name:
+            domains.append(f"{config.name}.{self._zone}")
+        created = datetime.fromtimestamp(config.created_at, UTC)
+        expires = datetime.fromtimestamp(config.created_at + self._ttl, UTC)
+        v2_ids = {m.value.partition("=")[0]: m.member_id for m in cluster.members}
+        return {
+            "token": cluster.token,
+            "name": config.name,
+            "size": config.size,
+            "registered": len(members),
+            "complete": len(members) >= config.size,
+            "created_at": created.isoformat(),
+            "expires_at": expires.isoformat(),
+            "members": [
+                {
+                    "name": member.name,
+                    "peer_urls": list(member.peer_urls),
+                    "client_urls": list(member.client_urls),
+                    "discovery_id": v2_ids.get(member.name),
+                }
+                for member in members
+            ],
+            "dns": {
+                "domains": domains,
+                "srv": sorted(_srv_names(members, domains, config.name)),
+            },
+        }
+
+
+def _parse_member_request(body: bytes) -> MemberRequest:
+    try:
+        return MemberRequest.model_validate(json.loads(body))
+    except (ValueError, TypeError) as exc:
+        if isinstance(exc, ValidationError):
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "body"
+            raise Invalid(f"{where}: {first['msg']}", cause=where) from exc
+        raise Invalid('body must be JSON: {"peer_urls": [...], "client_urls": [...]}') from exc
+
+
+def _srv_names(members: Any, domains: list[str], suffix: str | None) -> set[str]:
+    found: set[str] = set()
+    for member in members:
+        for service, urls in (("server", member.peer_urls), ("client", member.client_urls)):
+            for url in urls:
+                tls = url.startswith("https:")
+                for domain in domains:
+                    for variant in ("", suffix) if suffix else ("",):
+                        label = names.srv_label(service, tls, variant or "").decode()
+                        found.add(f"{label}._tcp.{domain}")
+    return found

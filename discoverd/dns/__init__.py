@@ -1,0 +1,1 @@
+"""The authoritative DNS face: etcd SRV records of every cluster, live from the registry."""

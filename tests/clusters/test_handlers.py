@@ -1,0 +1,142 @@
+"""The cluster API on a real etcd: the member API, named clusters, the JSON view."""
+
+from __future__ import annotations
+
+import pytest
+
+from discoverd.app import build_app
+from discoverd.discovery import protocol
+
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+async def new_token(client, query="size=3") -> str:
+    response = await client.post(f"/new?{query}")
+    assert response.status == 200, await response.text()
+    return (await response.text()).rsplit("/", 1)[1]
+
+
+async def test_member_api_registers_and_updates(client):
+    token = await new_token(client)
+    body = {"peer_urls": ["https://10.0.0.1:2380"], "client_urls": ["https://10.0.0.1:2379"]}
+    response = await client.put(f"/api/v1/clusters/{token}/members/infra0", json=body)
+    assert response.status == 200
+    assert await response.json() == {"name": "infra0", **body}
+    body["client_urls"] = ["https://10.0.0.1:2379", "https://10.0.0.1:12379"]
+    assert (await client.put(f"/api/v1/clusters/{token}/members/infra0", json=body)).status == 200
+    await client.put(
+        f"/{token}/8e9e05c52164694d", data="value=infra1=http://10.0.0.2:2380", headers=FORM
+    )
+    view = await (await client.get(f"/api/v1/clusters/{token}")).json()
+    assert view["size"] == 3 and view["registered"] == 2 and view["complete"] is False
+    assert view["members"] == [
+        {
+            "name": "infra0",
+            "peer_urls": ["https://10.0.0.1:2380"],
+            "client_urls": body["client_urls"],
+            "discovery_id": None,
+        },
+        {
+            "name": "infra1",
+            "peer_urls": ["http://10.0.0.2:2380"],
+            "client_urls": [],
+            "discovery_id": "8e9e05c52164694d",
+        },
+    ]
+    assert view["dns"]["domains"] == [f"{token}.etcd.internal"]
+    assert view["dns"]["srv"] == sorted(
+        [
+            f"_etcd-server-ssl._tcp.{token}.etcd.internal",
+            f"_etcd-client-ssl._tcp.{token}.etcd.internal",
+            f"_etcd-server._tcp.{token}.etcd.internal",
+        ]
+    )
+
+
+async def test_named_cluster(client):
+    name = "prod-" + protocol.new_token()[:8]
+    token = await new_token(client, f"size=3&name={name}")
+    view = await (await client.get(f"/api/v1/clusters/{token}")).json()
+    assert view["name"] == name
+    assert view["dns"]["domains"] == [f"{token}.etcd.internal", f"{name}.etcd.internal"]
+    again = await client.post(f"/new?size=3&name={name}")
+    assert again.status == 409
+    assert "is taken" in (await again.json())["message"]
+
+
+BAD_BODIES = [
+    (b"not json", 400, "body must be JSON"),
+    (b"[]", 400, "Input should be"),
+    (b"{}", 400, "peer_urls"),
+    (b'{"peer_urls": []}', 400, "peer_urls"),
+    (b'{"peer_urls": ["http://10.0.0.1:2380"], "extra": 1}', 400, "extra"),
+    (b'{"peer_urls": ["http://10.0.0.1"]}', 400, "port"),
+    (b'{"peer_urls": ["ftp://10.0.0.1:1"]}', 400, "http"),
+    (b'{"peer_urls": ["http://10.0.0.1:2380"], "client_urls": ["x"]}', 400, "http"),
+    (
+        b'{"peer_urls": ' + b'["http://10.0.0.1:2380"' + b',"http://10.0.0.1:2380"' * 20 + b"]}",
+        400,
+        "peer_urls",
+    ),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "reason"), BAD_BODIES)
+async def test_member_api_refuses_bad_bodies(client, body, status, reason):
+    token = await new_token(client)
+    response = await client.put(f"/api/v1/clusters/{token}/members/infra0", data=body)
+    assert response.status == status
+    assert reason in (await response.json())["message"]
+    assert (await (await client.get(f"/api/v1/clusters/{token}")).json())["members"] == []
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "reason"),
+    [
+        ("/api/v1/clusters/{token}/members/bad.name", 400, "DNS label"),
+        ("/api/v1/clusters/{token}/members/-x", 400, "DNS label"),
+        ("/api/v1/clusters/NOTATOKEN/members/infra0", 400, "32 lowercase hex"),
+        ("/api/v1/clusters/" + "0" * 32 + "/members/infra0", 404, "Key not found"),
+    ],
+)
+async def test_member_api_refuses_bad_paths(client, path, status, reason):
+    token = await new_token(client)
+    body = {"peer_urls": ["http://10.0.0.1:2380"]}
+    response = await client.put(path.replace("{token}", token), json=body)
+    assert response.status == status
+    assert reason in (await response.json())["message"]
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["name=Prod", "name=1prod", "name=prod_x", "name=ns", "name=" + "a" * 32, "name=prod.x"],
+)
+async def test_bad_cluster_names(client, query):
+    response = await client.post(f"/new?size=3&{query}")
+    assert response.status == 400
+    assert "name must be" in (await response.json())["message"]
+
+
+async def test_member_names_are_capped(client):
+    token = await new_token(client, "size=1")
+    statuses = []
+    for name in ("a", "b", "c", "d", "a"):  # size 1 admits 3 names; a known name may update
+        body = {"peer_urls": ["http://10.0.0.1:2380"]}
+        statuses.append(
+            (await client.put(f"/api/v1/clusters/{token}/members/{name}", json=body)).status
+        )
+    assert statuses == [200, 200, 200, 400, 200]
+
+
+async def test_unknown_cluster_view_is_404(client):
+    assert (await client.get("/api/v1/clusters/" + "1" * 32)).status == 404
+
+
+async def test_routes_under_a_public_url_path(aiohttp_client, settings):
+    app = build_app(settings.model_copy(update={"public_url": "http://x.test/disco"}))
+    client = await aiohttp_client(app)
+    url = await (await client.post("/disco/new")).text()
+    assert url.startswith("http://x.test/disco/")
+    token = url.rsplit("/", 1)[1]
+    assert (await client.get(f"/disco/{token}/_config/size")).status == 200
+    assert (await client.get(f"/disco/api/v1/clusters/{token}")).status == 200
