@@ -21,7 +21,9 @@ REPO = Path(__file__).resolve().parents[2]
 def namespaces_work() -> str | None:
     if shutil.which("unshare") is None:
         return "unshare (util-linux) is not installed"
-    probe = subprocess.run(["unshare", "--mount", "--net", "true"], capture_output=True, text=True)
+    probe = subprocess.run(
+        ["unshare", "--mount", "--net", "true"], capture_output=True, text=True, check=False
+    )
     if probe.returncode != 0:
         return f"the kernel refuses network namespaces here: {probe.stderr.strip()}"
     return None
@@ -34,7 +36,9 @@ def test_srv_bootstrap_in_a_network_namespace(tmp_path, srv_name):
         pytest.skip(f"LOUD: SRV bootstrap e2e not run: {refused}")
     command = ["unshare", "--mount", "--net", sys.executable, "-m", "tests.e2e.dns_srv_driver",
                str(tmp_path), str(etcd_binary())] + ([srv_name] if srv_name else [])  # fmt: skip
-    run = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=240)
+    run = subprocess.run(
+        command, cwd=REPO, capture_output=True, text=True, timeout=240, check=False
+    )
     lines = [line for line in run.stdout.splitlines() if line.startswith("{")]
     assert lines, f"driver printed nothing: {run.stderr[-3000:]}"
     outcome = json.loads(lines[-1])
