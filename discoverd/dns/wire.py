@@ -3,7 +3,9 @@
 The common query is parsed with `struct` (header, one question, at most one OPT), and its
 response is spliced from a packed template cached per (name, type, class, size limit, EDNS):
 the request's ID, RD and CD bits and question bytes (case preserved, RFC 4343), then the
-template. Templates are built with dnslib and dropped whenever the zone changes.
+template. A repeated query (the same bytes after the ID and flags, as resolvers send them) finds
+its template without being parsed again. Templates are built with dnslib and dropped whenever
+the zone changes.
 
 Rules (RFC 1035, 2181, 6891, 9619): QR=1 queries are ignored; a header too short to answer
 is dropped; QDCOUNT != 1 or a malformed question is FORMERR; opcodes other than QUERY get
@@ -32,6 +34,8 @@ UDP_MAX = 1232  # what we advertise and never exceed over UDP (DNS flag day 2020
 TCP_MAX = 65535
 BADVERS = 16
 CACHE_MAX = 20_000
+
+_Template = tuple[int, bytes, int, bytes]  # flags, counts, question length, the rest
 
 _HEADER = struct.Struct("!6H")
 _TAIL = struct.Struct("!HH")
@@ -62,12 +66,14 @@ class Responder:
 
     def __init__(self, lookup: Lookup) -> None:
         self._lookup = lookup
-        self._cache: dict[tuple[bytes, int, int, int, bool], tuple[int, bytes, bytes]] = {}
+        self._cache: dict[tuple[bytes, int, int, int, bool], _Template] = {}
+        self._raw: dict[tuple[bytes, bool], _Template] = {}  # query bytes after ID+flags
         self.rcodes: dict[int, int] = {}
         self.dropped = 0
 
     def invalidate(self) -> None:
         self._cache = {}
+        self._raw = {}
 
     def respond(self, data: bytes, tcp: bool) -> bytes | None:
         data = bytes(data)
@@ -78,10 +84,17 @@ class Responder:
         if flags & QR:
             self.dropped += 1
             return None
+        cacheable = not flags & OPCODE_MASK  # rare opcodes are answered without the caches
+        raw_key = (data[4:], tcp)
+        if cacheable:
+            template = self._raw.get(raw_key)
+            if template is not None:
+                return self._splice(ident, flags, template, data)
         try:
             query = parse(data)
         except FormatError:
             return self._bare(ident, flags, RCODE.FORMERR)
+        cacheable = cacheable and not query.edns_version
         limit = TCP_MAX if tcp else _udp_limit(query.edns_size)
         key = (
             query.question[:-4].lower(),
@@ -90,25 +103,28 @@ class Responder:
             limit,
             query.edns_size is not None,
         )
-        template = self._cache.get(key)
-        if template is None or flags & OPCODE_MASK or query.edns_version:
-            template = self._template(query, limit)
-            if not flags & OPCODE_MASK and not query.edns_version:
-                if len(self._cache) >= CACHE_MAX:
-                    self._cache = {}
-                self._cache[key] = template
-        base_flags, counts, body = template
+        cached = self._cache.get(key) if cacheable else None
+        template = cached or self._template(query, limit)
+        if cacheable:
+            if len(self._raw) >= CACHE_MAX:
+                self.invalidate()
+            self._cache[key] = template
+            self._raw[raw_key] = template
+        return self._splice(ident, flags, template, data)
+
+    def _splice(self, ident: int, flags: int, template: _Template, data: bytes) -> bytes:
+        base_flags, counts, qlength, body = template
         rcode = base_flags & 0xF
         self.rcodes[rcode] = self.rcodes.get(rcode, 0) + 1
         out_flags = base_flags | (flags & (RD | CD | OPCODE_MASK))
-        return _TAIL.pack(ident, out_flags) + counts + query.question + body
+        return _TAIL.pack(ident, out_flags) + counts + data[12 : 12 + qlength] + body
 
     def _bare(self, ident: int, flags: int, rcode: int) -> bytes:
         self.rcodes[rcode] = self.rcodes.get(rcode, 0) + 1
         out_flags = QR | (flags & (OPCODE_MASK | RD | CD)) | rcode
         return _HEADER.pack(ident, out_flags, 0, 0, 0, 0)
 
-    def _template(self, query: Query, limit: int) -> tuple[int, bytes, bytes]:
+    def _template(self, query: Query, limit: int) -> _Template:
         if query.flags & OPCODE_MASK:
             result, ext = Result(RCODE.NOTIMP), 0
         elif query.edns_version > 0:
@@ -119,7 +135,8 @@ class Responder:
             result, ext = self._lookup(query.qname, query.qtype), 0
         packed = _pack(query, result, ext, limit)
         flags = _HEADER.unpack_from(packed)[1] & ~(RD | CD | OPCODE_MASK)
-        return flags, packed[4:12], packed[12 + len(query.question) :]
+        qlength = len(query.question)
+        return flags, packed[4:12], qlength, packed[12 + qlength :]
 
 
 def parse(data: bytes) -> Query:
