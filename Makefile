@@ -5,10 +5,13 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 ARGS   ?=
-APT_PACKAGES := etcd-server wrk
-APT_NEEDED   := $(shell command -v etcd >/dev/null || echo etcd-server) $(shell command -v wrk >/dev/null || echo wrk)
 
-.PHONY: run test check bench apt clean
+# command:debian-package pairs. Tests: etcd 3.4 (compatibility) and dig. Bench: the load tools
+# and dnsmasq, the DNS anchor.
+TEST_TOOLS  := etcd:etcd-server dig:bind9-dnsutils unshare:util-linux
+BENCH_TOOLS := wrk:wrk dnsperf:dnsperf dnsmasq:dnsmasq-base
+
+.PHONY: run test check bench apt-test apt-bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,26 +21,35 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/discoverd serve $(ARGS)
 
-# Debian's etcd-server is etcd 3.4 (compatibility tests); wrk drives `make bench`.
-apt:
-	@if [ -n "$(strip $(APT_NEEDED))" ]; then \
+define apt_install
+	@missing=""; for pair in $(1); do \
+	  command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair#*:}"; done; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing $(APT_NEEDED) with apt-get"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_NEEDED) >/dev/null; \
+	    echo "installing$$missing with apt-get"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	  else \
-	    echo "NOTE: not root or no apt-get: $(APT_NEEDED) not installed; tests that need them will say so"; \
+	    echo "NOTE: not root or no apt-get:$$missing not installed; what needs them says so"; \
 	  fi; \
 	fi
+endef
+
+apt-test:
+	$(call apt_install,$(TEST_TOOLS))
+
+apt-bench:
+	$(call apt_install,$(BENCH_TOOLS))
 
 check: $(STAMP)
 	$(BIN)/ruff check discoverd tests bench
 	$(BIN)/ruff format --check discoverd tests bench
 	$(BIN)/mypy discoverd
 
-test: $(STAMP) apt check
+test: $(STAMP) apt-test check
 	$(BIN)/pytest -q
 
-bench: $(STAMP) apt
+bench: $(STAMP) apt-bench
 	$(BIN)/python -m bench $(ARGS)
 
 clean:
