@@ -68,7 +68,8 @@ async def etcd_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
         return
     etcd = EmbeddedEtcd(settings.data_dir, settings.etcd_binary)
-    endpoint = await asyncio.to_thread(etcd.start)
+    etcd.launch()  # on the loop thread, which lives as long as the process (see launch())
+    endpoint = await asyncio.to_thread(etcd.wait_ready)
     app[appkeys.ENDPOINTS] = (endpoint,)
     try:
         yield

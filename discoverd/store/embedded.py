@@ -76,6 +76,13 @@ class EmbeddedEtcd:
         return self.data_dir / "etcd.log"
 
     def start(self, timeout: float = READY_TIMEOUT) -> str:
+        """Launch and wait until healthy; the endpoint."""
+        self.launch()
+        return self.wait_ready(timeout)
+
+    def launch(self) -> None:
+        """Start the process. Call it from a thread that lives as long as discoverd: Linux
+        sends the parent-death signal when the forking *thread* exits."""
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         if not self.client_port:  # a restart of the same object keeps its address
             self.client_port, self.peer_port = free_port(), free_port()
@@ -102,6 +109,10 @@ class EmbeddedEtcd:
                 preexec_fn=_die_with_parent,  # noqa: PLW1509 - only prctl, no locks taken
             )
         logger.info("embedded etcd %s starting (pid %d)", self.endpoint, self.process.pid)
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> str:
+        """Block until the launched etcd is healthy (any thread); the endpoint."""
+        assert self.process is not None, "launch() first"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -114,9 +125,7 @@ class EmbeddedEtcd:
                 return self.endpoint
             time.sleep(0.05)
         self.stop()
-        raise EmbeddedEtcdError(
-            f"embedded etcd not healthy after {timeout:.0f}s: {self._log_tail()}"
-        )
+        raise EmbeddedEtcdError(f"embedded etcd not healthy after {timeout:.0f}s: {self._log_tail()}")
 
     def healthy(self) -> bool:
         try:
