@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -118,10 +117,6 @@ class DiscoverdProcess:
             return self.log_path.read_text(errors="replace")[-3000:]
         except OSError:
             return ""
-
-
-def v2_json(body: bytes) -> dict:
-    return json.loads(body)
 
 
 def pid_running(pid: int) -> bool:

@@ -12,7 +12,6 @@ import contextlib
 import ctypes
 import importlib.resources
 import logging
-import os
 import signal
 import socket
 import subprocess
@@ -150,13 +149,3 @@ class EmbeddedEtcd:
         with contextlib.suppress(OSError):
             return " | ".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         return "(no log)"
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
