@@ -46,9 +46,7 @@ FIRST_SYNC_WAIT = 10.0
 
 
 def build_app(settings: Settings) -> web.Application:
-    app = web.Application(
-        middlewares=[middlewares.metrics, middlewares.errors], client_max_size=MAX_BODY
-    )
+    app = web.Application(middlewares=[middlewares.observe], client_max_size=MAX_BODY)
     app[appkeys.SETTINGS] = settings
     app[appkeys.METRICS] = Metrics()
     app[appkeys.REGISTRY] = Registry()

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     new_rate: float = Field(default=2.0, ge=0)
     new_burst: int = Field(default=30, ge=1)
     etcd_timeout: float = 2.0
+    cert_ttl: float = 90 * 86400
+    service_key_file: Path | None = None
+    service_key: SecretStr | None = None
     etcd_binary: Path | None = None
     log_level: str = "info"
     log_format: str = "json"
@@ -126,7 +129,7 @@ class Settings(BaseSettings):
     def _public_url(cls, value: str | None) -> str | None:
         return None if value is None else _check_url(value.rstrip("/"), "--public-url")
 
-    @field_validator("token_ttl", "wait_timeout", "etcd_timeout", mode="before")
+    @field_validator("token_ttl", "wait_timeout", "etcd_timeout", "cert_ttl", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> float:
         return parse_duration(value)
@@ -153,6 +156,8 @@ class Settings(BaseSettings):
             raise ValueError("--wait-timeout above 1h would hold connections forever")
         if self.token_ttl < 60:
             raise ValueError("--token-ttl below 60s cannot outlive a bootstrap")
+        if self.cert_ttl < 3600:
+            raise ValueError("--cert-ttl below 1h would expire before a member is up")
         return self
 
     @property
@@ -168,6 +173,11 @@ class Settings(BaseSettings):
     @property
     def embedded(self) -> bool:
         return not self.etcd
+
+    @property
+    def service_key_path(self) -> Path:
+        """Where the service key that seals CA keys is kept (created if absent)."""
+        return self.service_key_file or self.data_dir / "service.key"
 
 
 def specific_address(host: str) -> str | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 
@@ -10,6 +12,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         r = self.registry
         self.requests = Counter(
             "discoverd_http_requests_total",
@@ -53,6 +56,18 @@ class Metrics:
         self.registry_revision = Gauge(
             "discoverd_registry_revision", "etcd revision this replica's view reflects.", registry=r
         )
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count and time one request (label children are cached: this is the hot path)."""
+        key = (route, method, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self.requests.labels(route, method, str(status)),
+                self.latency.labels(route),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

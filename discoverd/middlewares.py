@@ -1,4 +1,4 @@
-"""HTTP middlewares: domain errors mapped to HTTP once, and request metrics.
+"""The HTTP middleware: domain errors mapped to HTTP once, and request metrics.
 
 Every error leaves as a v2 keys API error body (`{"errorCode","message","cause","index"}`),
 which is what etcd's discovery client decodes for any non-2xx answer and is plain enough JSON
@@ -64,7 +64,28 @@ def error_response(request: web.Request, exc: DiscoverdError) -> web.Response:
 
 
 @web.middleware
-async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The one middleware: errors mapped to responses, every request counted and timed.
+
+    A request whose client left before the answer (the handler is cancelled) is counted with
+    status 499, as nginx does: nothing was sent, and it was not a server error."""
+    started = time.perf_counter()
+    status = 499
+    try:
+        response = await _answer(request, handler)
+        status = response.status
+        return response
+    finally:
+        route = request.match_info.route.resource
+        request.app[appkeys.METRICS].observe_request(
+            route.canonical if route is not None else "unmatched",
+            request.method,
+            status,
+            time.perf_counter() - started,
+        )
+
+
+async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except DiscoverdError as exc:
@@ -84,19 +105,3 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         logger.exception("unhandled error on %s", request.method)
         body = protocol.render_error(protocol.RAFT_INTERNAL, "internal error", "", 0)
         return web.Response(status=500, body=body, content_type="application/json")
-
-
-@web.middleware
-async def metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
-    started = time.perf_counter()
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    finally:
-        route = request.match_info.route.resource
-        name = route.canonical if route is not None else "unmatched"
-        m = request.app[appkeys.METRICS]
-        m.requests.labels(name, request.method, str(status)).inc()
-        m.latency.labels(name).observe(time.perf_counter() - started)

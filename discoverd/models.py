@@ -7,9 +7,15 @@ snapshot; a change replaces the whole `Cluster` object.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from dataclasses import dataclass, field, replace
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+_DOMAIN = re.compile(
+    r"(?=.{3,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+"
+)
 
 
 class ClusterConfig(BaseModel):
@@ -20,6 +26,63 @@ class ClusterConfig(BaseModel):
     size: int = Field(ge=1)
     created_at: float = Field(description="unix time of creation")
     name: str | None = Field(default=None, description="published as <name>.<zone> in DNS")
+    cidrs: tuple[str, ...] = Field(
+        default=(), max_length=16, description="extra IP ranges certificates may name"
+    )
+    dns_suffixes: tuple[str, ...] = Field(
+        default=(), max_length=16, description="extra DNS suffixes certificates may name"
+    )
+
+    @field_validator("cidrs")
+    @classmethod
+    def _cidrs(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        checked = []
+        for value in values:
+            try:
+                checked.append(str(ipaddress.ip_network(value, strict=True)))
+            except ValueError:
+                raise ValueError(
+                    f"cidr {value[:64]!r} is not a network such as 10.0.0.0/24"
+                ) from None
+        return tuple(checked)
+
+    @field_validator("dns_suffixes")
+    @classmethod
+    def _suffixes(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        checked = []
+        for value in values:
+            lowered = value.lower().strip(".")
+            if not _DOMAIN.fullmatch(lowered):
+                raise ValueError(
+                    f"dns suffix {value[:64]!r} must be a domain such as etcd.example.com"
+                )
+            checked.append(lowered)
+        return tuple(checked)
+
+
+class CaRecord(BaseModel):
+    """A cluster's CA: the certificate, and its key sealed with the service key."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    certificate: str
+    sealed_key: str  # base64 of AES-256-GCM(nonce || ciphertext), the token as associated data
+    key_id: str  # fingerprint of the service key that sealed it
+
+
+class CertRecord(BaseModel):
+    """An issued certificate, as the inventory lists it."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    serial: str  # lowercase hex
+    name: str
+    profile: str
+    sans: tuple[str, ...]
+    not_after: float
+    fingerprint: str
+    issued_at: float
+    revoked_at: float | None = None
 
 
 class MemberRecord(BaseModel):
@@ -57,6 +120,11 @@ class Cluster:
     lease: int
     members: tuple[Member, ...] = field(default=())
     api_members: tuple[ApiMember, ...] = field(default=())
+    ca: CaRecord | None = None
+    certs: tuple[CertRecord, ...] = field(default=())
+    # Rendered responses of this (immutable) cluster, filled by the read path. Not an init
+    # field: `replace()` gives every changed cluster a fresh, empty memo.
+    rendered: dict[str, bytes] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def member(self, member_id: str) -> Member | None:
         for member in self.members:
@@ -78,6 +146,13 @@ class Cluster:
 
     def without_api_member(self, name: str) -> Cluster:
         return replace(self, api_members=tuple(m for m in self.api_members if m.name != name))
+
+    def with_cert(self, record: CertRecord) -> Cluster:
+        kept = tuple(c for c in self.certs if c.serial != record.serial)
+        return replace(self, certs=tuple(sorted((*kept, record), key=lambda c: c.issued_at)))
+
+    def cert(self, serial: str) -> CertRecord | None:
+        return next((c for c in self.certs if c.serial == serial), None)
 
     def member_names(self) -> set[str]:
         """Every member name registered, through v2 discovery or the member API."""

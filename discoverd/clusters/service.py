@@ -7,12 +7,12 @@ re-register (update) its own name, and the number of names per cluster is capped
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
+from discoverd import jsonbody
 from discoverd.discovery import protocol
 from discoverd.discovery.service import DiscoveryService, registration_cap
 from discoverd.dns import names
@@ -46,7 +46,7 @@ class ClusterService:
                 "member name must be a DNS label: letters, digits, '-' or '_', at most 63",
                 cause=name[:64],
             )
-        request = _parse_member_request(body)
+        request = jsonbody.parse(body, MemberRequest, '{"peer_urls": [...], "client_urls": [...]}')
         for url in (*request.peer_urls, *request.client_urls):
             protocol.check_peer_url(url)
         record = MemberRecord(
@@ -100,17 +100,6 @@ class ClusterService:
                 "srv": sorted(_srv_names(members, domains, config.name)),
             },
         }
-
-
-def _parse_member_request(body: bytes) -> MemberRequest:
-    try:
-        return MemberRequest.model_validate(json.loads(body))
-    except (ValueError, TypeError) as exc:
-        if isinstance(exc, ValidationError):
-            first = exc.errors()[0]
-            where = ".".join(str(part) for part in first["loc"]) or "body"
-            raise Invalid(f"{where}: {first['msg']}", cause=where) from exc
-        raise Invalid('body must be JSON: {"peer_urls": [...], "client_urls": [...]}') from exc
 
 
 def _srv_names(members: Any, domains: list[str], suffix: str | None) -> set[str]:

@@ -16,6 +16,7 @@ import asyncio
 from typing import Any
 
 from aiohttp import web
+from multidict import MultiDict
 
 from discoverd import appkeys
 from discoverd.discovery import protocol
@@ -40,16 +41,18 @@ async def new_token(request: web.Request) -> web.Response:
     except RateLimited:
         app[appkeys.METRICS].rate_limited.inc()
         raise
-    params: dict[str, str] = dict(request.query)
+    params = MultiDict(request.query)
     if request.method == "POST" and request.content_type in _FORM_TYPES:
         form = await request.post()
-        params.update({k: v for k, v in form.items() if isinstance(v, str)})
+        params.extend((k, v) for k, v in form.items() if isinstance(v, str))
     service = app[appkeys.DISCOVERY]
     size = protocol.parse_size(
         params.get("size"), default=service.limits.default_size, maximum=service.limits.max_size
     )
     name = protocol.parse_cluster_name(params.get("name"))
-    token = await service.new_token(size, name)
+    cidrs = _listed(params.getall("cidr", []))
+    dns = _listed(params.getall("dns", []))
+    token = await service.new_token(size, name, cidrs, dns)
     app[appkeys.METRICS].tokens_created.inc()
     return web.Response(text=f"{app[appkeys.SETTINGS].base_url}/{token}")
 
@@ -74,7 +77,11 @@ async def token_route(request: web.Request) -> web.StreamResponse:
 
 async def _get(request: web.Request, path: TokenPath) -> web.Response:
     cluster = await request.app[appkeys.DISCOVERY].cluster(path.token)
-    return _reply(request, "get", _node(cluster, path))
+    memo = f"{path.target.value}/{path.member_id}"
+    body = cluster.rendered.get(memo)
+    if body is None:
+        body = cluster.rendered[memo] = protocol.render("get", _node(cluster, path))
+    return _respond(request, body)
 
 
 def _node(cluster: Cluster, path: TokenPath) -> dict[str, Any]:
@@ -155,13 +162,21 @@ async def _put(request: web.Request, path: TokenPath) -> web.Response:
 def _reply(
     request: web.Request, action: str, node: dict[str, Any], status: int = 200
 ) -> web.Response:
-    registry = request.app[appkeys.REGISTRY]
+    return _respond(request, protocol.render(action, node), status)
+
+
+def _respond(request: web.Request, body: bytes, status: int = 200) -> web.Response:
     return web.Response(
         status=status,
-        body=protocol.render(action, node),
+        body=body,
         content_type="application/json",
-        headers={"X-Etcd-Index": str(registry.revision)},
+        headers={"X-Etcd-Index": str(request.app[appkeys.REGISTRY].revision)},
     )
 
 
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+def _listed(values: list[str]) -> tuple[str, ...]:
+    """`cidr=a&cidr=b` and `cidr=a,b` alike."""
+    return tuple(part.strip() for value in values for part in value.split(",") if part.strip())

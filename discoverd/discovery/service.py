@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from pydantic import ValidationError
+
 from discoverd.discovery import protocol
 from discoverd.errors import Conflict, DiscoverdError, Invalid, NameTaken, NotFound, Unavailable
 from discoverd.models import Cluster, ClusterConfig, Member
@@ -23,9 +25,13 @@ from discoverd.store.registry import Registry
 
 logger = logging.getLogger(__name__)
 
-BATCH_MAX = 64  # tokens per transaction (etcd allows 128 operations by default)
-INFLIGHT_MAX = 4  # concurrent token transactions per replica
+BATCH_MAX = 100  # tokens per transaction (etcd allows 128 operations per list by default)
+# One transaction in flight: the requests that arrive meanwhile fill the next one. Measured on
+# 2 cores, this gives ~3x bigger batches and more tokens per second than 4 in flight.
+INFLIGHT_MAX = 1
 CATCH_UP = 3.0  # how long a write waits for this replica's view to show it
+LINGER = 0.002  # under load, how long a small batch waits for company
+LINGER_BATCH = 24  # a batch this large goes at once
 
 
 @dataclass(frozen=True)
@@ -56,17 +62,26 @@ class DiscoveryService:
 
     # -- tokens -------------------------------------------------------------------------------
 
-    async def new_token(self, size: int, name: str | None = None) -> str:
-        config = ClusterConfig(size=size, created_at=time.time(), name=name)
+    async def new_token(
+        self,
+        size: int,
+        name: str | None = None,
+        cidrs: tuple[str, ...] = (),
+        dns_suffixes: tuple[str, ...] = (),
+    ) -> str:
+        """A new token, stored in etcd. There is no wait for this replica's view: a read that
+        misses the view asks etcd, so the token is readable at once anyway."""
+        try:
+            config = ClusterConfig(
+                size=size, created_at=time.time(), name=name, cidrs=cidrs, dns_suffixes=dns_suffixes
+            )
+        except ValidationError as exc:
+            raise Invalid(exc.errors()[0]["msg"].removeprefix("Value error, ")) from exc
         if name is None:
-            token, revision = await self._minter.mint(config)
-        else:
-            token = protocol.new_token()
-            created = await self._minter.create_named(token, config)
-            if created is None:
-                raise NameTaken(f"cluster name {name!r} is taken", cause=name)
-            revision = created
-        await self.caught_up(revision)
+            return await self._minter.mint(config)
+        token = protocol.new_token()
+        if await self._minter.create_named(token, config) is None:
+            raise NameTaken(f"cluster name {name!r} is taken", cause=name)
         return token
 
     async def cluster(self, token: str) -> Cluster:
@@ -142,13 +157,16 @@ class _TokenMinter:
         self._lease = 0
         self._lease_until = 0.0
         self._lease_lock = asyncio.Lock()
+        self._linger: asyncio.TimerHandle | None = None
+        self._busy = False  # the last batch had company: more requests are likely coming
 
-    async def mint(self, config: ClusterConfig) -> tuple[str, int]:
+    async def mint(self, config: ClusterConfig) -> str:
         token = protocol.new_token()
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._pending.append((token, config, future))
         self._kick()
-        return token, await future
+        await future
+        return token
 
     async def create_named(self, token: str, config: ClusterConfig) -> int | None:
         """A named token in a transaction of its own (the name must be claimed with it)."""
@@ -163,16 +181,31 @@ class _TokenMinter:
             )
 
     async def close(self) -> None:
+        if self._linger is not None:
+            self._linger.cancel()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def _kick(self) -> None:
-        while self._pending and len(self._tasks) < INFLIGHT_MAX:
-            batch, self._pending = self._pending[:BATCH_MAX], self._pending[BATCH_MAX:]
-            task = asyncio.create_task(self._commit(batch))
-            self._tasks.add(task)
-            task.add_done_callback(self._done)
+        if self._linger is not None or not self._pending or len(self._tasks) >= INFLIGHT_MAX:
+            return
+        if len(self._pending) < LINGER_BATCH and self._busy:
+            # Under load, wait a moment for more requests: one transaction for twice the
+            # tokens costs far less than two. An idle minter commits at once.
+            self._linger = asyncio.get_running_loop().call_later(LINGER, self._flush)
+            return
+        self._flush()
+
+    def _flush(self) -> None:
+        self._linger = None
+        if not self._pending or len(self._tasks) >= INFLIGHT_MAX:
+            return
+        batch, self._pending = self._pending[:BATCH_MAX], self._pending[BATCH_MAX:]
+        self._busy = len(batch) > 1
+        task = asyncio.create_task(self._commit(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)

@@ -124,7 +124,9 @@ class EmbeddedEtcd:
                 return self.endpoint
             time.sleep(0.05)
         self.stop()
-        raise EmbeddedEtcdError(f"embedded etcd not healthy after {timeout:.0f}s: {self._log_tail()}")
+        raise EmbeddedEtcdError(
+            f"embedded etcd not healthy after {timeout:.0f}s: {self._log_tail()}"
+        )
 
     def healthy(self) -> bool:
         try:

@@ -108,12 +108,15 @@ class EtcdGateway:
 
     def new_client(self, index: int, timeout: Any = None) -> Etcd3Client:
         parts = urlsplit(self.endpoints[index])
+        session = requests.Session()
+        session.trust_env = False  # no proxies or .netrc from the environment for etcd
         return Etcd3Client(
             host=parts.hostname or "127.0.0.1",
             port=parts.port or (443 if parts.scheme == "https" else 2379),
             protocol=parts.scheme,
             timeout=self._timeout if timeout is None else timeout,  # type: ignore[arg-type]
             api_path="/v3/",  # etcd >= 3.4; skips a version probe per client
+            session=session,
         )
 
     def _client(self, index: int) -> Etcd3Client:

@@ -5,6 +5,9 @@ Everything discoverd stores lives under one root, one directory per cluster toke
     /discoverd/v1/clusters/<token>/config       ClusterConfig JSON; holds the token's lease
     /discoverd/v1/clusters/<token>/v2/<id>      a v2 discovery registration: "name=peerURL,..."
     /discoverd/v1/clusters/<token>/members/<n>  a member API record: MemberRecord JSON
+    /discoverd/v1/clusters/<token>/ca           CaRecord JSON: the CA certificate, its sealed key
+    /discoverd/v1/clusters/<token>/certs/<sn>   CertRecord JSON of an issued certificate
+    /discoverd/v1/clusters/<token>/enrolled/<profile>/<name>   the serial a name was enrolled with
     /discoverd/v1/names/<name>                  the token a cluster name belongs to (unique)
 
 For example, a 3-member token 3e86b59982e49066c5d813af1c2e2579 with one registered member:
@@ -31,6 +34,9 @@ class KeyKind(Enum):
     V2_MEMBER = "v2"
     API_MEMBER = "members"
     NAME = "name"
+    CA = "ca"
+    CERT = "certs"
+    ENROLLED = "enrolled"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,9 +66,28 @@ def api_member(token: str, name: str) -> str:
     return f"{CLUSTERS}{token}/members/{name}"
 
 
+def cluster_ca(token: str) -> str:
+    """`/discoverd/v1/clusters/<token>/ca`"""
+    return f"{CLUSTERS}{token}/ca"
+
+
+def certificate(token: str, serial: str) -> str:
+    """`/discoverd/v1/clusters/<token>/certs/<serial>`"""
+    return f"{CLUSTERS}{token}/certs/{serial}"
+
+
+def enrolled(token: str, profile: str, name: str) -> str:
+    """`/discoverd/v1/clusters/<token>/enrolled/<profile>/<name>`"""
+    return f"{CLUSTERS}{token}/enrolled/{profile}/{name}"
+
+
 def cluster_name(name: str) -> str:
     """`/discoverd/v1/names/<name>`: its value is the token."""
     return f"{NAMES}{name}"
+
+
+_CHILDREN = {"v2": KeyKind.V2_MEMBER, "members": KeyKind.API_MEMBER, "certs": KeyKind.CERT}
+_SINGLES = {"config": KeyKind.CONFIG, "ca": KeyKind.CA}
 
 
 def parse(key: str) -> ParsedKey | None:
@@ -73,9 +98,12 @@ def parse(key: str) -> ParsedKey | None:
     if not key.startswith(CLUSTERS):
         return None
     parts = key[len(CLUSTERS) :].split("/")
-    if len(parts) == 2 and parts[1] == "config":
-        return ParsedKey(KeyKind.CONFIG, parts[0])
-    if len(parts) == 3 and parts[1] in ("v2", "members") and parts[2]:
-        kind = KeyKind.V2_MEMBER if parts[1] == "v2" else KeyKind.API_MEMBER
-        return ParsedKey(kind, parts[0], parts[2])
-    return None
+    kind: KeyKind | None = None
+    name = ""
+    if len(parts) == 2:
+        kind = _SINGLES.get(parts[1])
+    elif len(parts) == 3 and parts[2]:
+        kind, name = _CHILDREN.get(parts[1]), parts[2]
+    elif len(parts) == 4 and parts[1] == "enrolled" and parts[2] and parts[3]:
+        kind, name = KeyKind.ENROLLED, f"{parts[2]}/{parts[3]}"
+    return ParsedKey(kind, parts[0], name) if kind is not None else None

@@ -13,7 +13,6 @@ writers waiting until the view has caught up with their own write (read-your-wri
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import itertools
 import logging
@@ -22,13 +21,22 @@ from dataclasses import dataclass, replace
 
 from pydantic import ValidationError
 
-from discoverd.models import ApiMember, Cluster, ClusterConfig, Member, MemberRecord
+from discoverd.models import (
+    ApiMember,
+    CaRecord,
+    CertRecord,
+    Cluster,
+    ClusterConfig,
+    Member,
+    MemberRecord,
+)
 from discoverd.store import keys
 from discoverd.store.gateway import KeyValue
 
 logger = logging.getLogger(__name__)
 
 ChangeListener = Callable[[frozenset[str]], None]
+_IGNORED = (keys.KeyKind.NAME, keys.KeyKind.ENROLLED)  # checked in etcd transactions only
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +47,7 @@ class Event:
     kv: KeyValue
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # compared by identity: removal must not scan fields
 class _MemberWaiter:
     member_id: str | None
     min_index: int
@@ -54,7 +62,7 @@ class Registry:
         self.revision = 0
         self.synced = False
         self.unsynced_reason = "not yet read from etcd"
-        self._member_waiters: dict[str, list[_MemberWaiter]] = {}
+        self._member_waiters: dict[str, dict[_MemberWaiter, None]] = {}
         self._revision_waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._sequence = itertools.count()
         self._listeners: list[ChangeListener] = []
@@ -86,7 +94,7 @@ class Registry:
         children: list[tuple[keys.ParsedKey, KeyValue]] = []
         for kv in kvs:
             parsed = keys.parse(kv.key)
-            if parsed is None or parsed.kind is keys.KeyKind.NAME:
+            if parsed is None or parsed.kind in _IGNORED:
                 continue
             if parsed.kind is keys.KeyKind.CONFIG:
                 cluster = _cluster_from(parsed.token, kv)
@@ -109,7 +117,7 @@ class Registry:
         changed: set[str] = set()
         for event in events:
             parsed = keys.parse(event.kv.key)
-            if parsed is None or parsed.kind is keys.KeyKind.NAME:
+            if parsed is None or parsed.kind in _IGNORED:
                 continue
             changed.add(parsed.token)
             current = self._clusters.get(parsed.token)
@@ -128,10 +136,8 @@ class Registry:
                     if cluster is not None:
                         self._clusters[parsed.token] = cluster
             elif current is not None:
-                if event.deleted and parsed.kind is keys.KeyKind.V2_MEMBER:
-                    self._clusters[parsed.token] = current.without_member(parsed.name)
-                elif event.deleted:
-                    self._clusters[parsed.token] = current.without_api_member(parsed.name)
+                if event.deleted:
+                    self._clusters[parsed.token] = _without_child(current, parsed)
                 else:
                     self._clusters[parsed.token] = _with_child(current, parsed, event.kv)
         self.revision = max(self.revision, revision)
@@ -156,7 +162,7 @@ class Registry:
             future.set_result(found)
             return future
         waiter = _MemberWaiter(member_id, min_index, future)
-        self._member_waiters.setdefault(token, []).append(waiter)
+        self._member_waiters.setdefault(token, {})[waiter] = None
         future.add_done_callback(lambda _: self._forget(token, waiter))
         return future
 
@@ -196,8 +202,7 @@ class Registry:
         waiters = self._member_waiters.get(token)
         if waiters is None:
             return
-        with contextlib.suppress(ValueError):
-            waiters.remove(waiter)
+        waiters.pop(waiter, None)
         if not waiters:
             del self._member_waiters[token]
 
@@ -216,7 +221,7 @@ class Registry:
                 found = self._first_member(token, waiter.member_id, waiter.min_index)
                 if found is not None:
                     waiter.future.set_result(found)
-            remaining = [waiter for waiter in waiters if not waiter.future.done()]
+            remaining = {waiter: None for waiter in waiters if not waiter.future.done()}
             if remaining:
                 self._member_waiters[token] = remaining
             else:
@@ -242,14 +247,32 @@ def _cluster_from(token: str, kv: KeyValue) -> Cluster | None:
 
 
 def _with_child(cluster: Cluster, parsed: keys.ParsedKey, kv: KeyValue) -> Cluster:
-    if parsed.kind is keys.KeyKind.V2_MEMBER:
+    kind = parsed.kind
+    if kind is keys.KeyKind.V2_MEMBER:
         return cluster.with_member(_member_from(parsed.name, kv))
     try:
-        record = MemberRecord.model_validate_json(kv.value)
+        if kind is keys.KeyKind.API_MEMBER:
+            record = MemberRecord.model_validate_json(kv.value)
+            return cluster.with_api_member(ApiMember(parsed.name, record, kv.mod_revision))
+        if kind is keys.KeyKind.CA:
+            return replace(cluster, ca=CaRecord.model_validate_json(kv.value))
+        if kind is keys.KeyKind.CERT:
+            return cluster.with_cert(CertRecord.model_validate_json(kv.value))
     except ValidationError:
-        logger.error("ignoring an unreadable member record (revision %d)", kv.mod_revision)
-        return cluster
-    return cluster.with_api_member(ApiMember(parsed.name, record, kv.mod_revision))
+        logger.error("ignoring an unreadable %s record (revision %d)", kind.value, kv.mod_revision)
+    return cluster
+
+
+def _without_child(cluster: Cluster, parsed: keys.ParsedKey) -> Cluster:
+    if parsed.kind is keys.KeyKind.V2_MEMBER:
+        return cluster.without_member(parsed.name)
+    if parsed.kind is keys.KeyKind.API_MEMBER:
+        return cluster.without_api_member(parsed.name)
+    if parsed.kind is keys.KeyKind.CA:
+        return replace(cluster, ca=None)
+    if parsed.kind is keys.KeyKind.CERT:
+        return replace(cluster, certs=tuple(c for c in cluster.certs if c.serial != parsed.name))
+    return cluster
 
 
 def _member_from(member_id: str, kv: KeyValue) -> Member:

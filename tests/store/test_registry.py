@@ -155,3 +155,21 @@ async def test_listeners_hear_which_tokens_changed():
     registry.apply([put(member_kv(TOKEN, "a", 3))], revision=3)
     registry.apply([], revision=4)  # progress only: nothing changed
     assert heard == [frozenset({TOKEN}), frozenset({TOKEN})]
+
+
+async def test_dropping_many_waiters_never_compares_them_field_by_field(monkeypatch):
+    # 10,000 clients leaving at once once froze the loop for ~10 s: each removal scanned a
+    # list with the dataclass __eq__. Waiters must be found by identity.
+    from discoverd.store import registry as module
+
+    def forbidden(self, other):
+        raise AssertionError("waiters compared field by field")
+
+    monkeypatch.setattr(module._MemberWaiter, "__eq__", forbidden, raising=False)
+    registry = Registry()
+    registry.reset([config_kv(TOKEN, 2)], revision=2)
+    futures = [registry.wait_member(TOKEN, None, 10) for _ in range(10_000)]
+    for future in reversed(futures):
+        future.cancel()
+    await asyncio.sleep(0)
+    assert registry.waiting == 0

@@ -1,0 +1,237 @@
+"""`python -m bench [--quick]`: start etcd and one discoverd, measure, stop both, report.
+
+Phases, in this order (each one's failure is recorded and the next one still runs):
+  1. seed      a size-3 token with 3 real v2 registrations, so reads return real data
+  2. reads     wrk on GET /<token>/_config/size and GET /<token> (after a 2 s warm-up)
+  3. wake      register->wake latency of a long-poll
+  4. waits     N concurrent long-polls: server RSS, then wake-all latency
+  5. drop      N long-polls again, every client gone at once: time until the server let go
+  6. new       wrk on POST /new?size=3 (last: it fills the registry with tokens, which would
+               inflate the RSS measured in phase 4)
+
+Every phase also records the CPU seconds discoverd and etcd used during it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shlex
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import aiohttp
+
+from bench import client, load, report, servers, waits, wake
+from bench.loadspec import Load
+
+FD_MARGIN = 256
+WARMUP = 2.0  # seconds of unscored load before the reads: a fresh process warms its caches
+BUSY_LOADAVG = 0.5
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    top.add_argument(
+        "--quick", action="store_true", help="~20 s smoke run (3 s loads, 2,000 waits)"
+    )
+    top.add_argument("--duration", type=float, help="seconds per wrk run (10; 3 with --quick)")
+    top.add_argument("--waits", type=int, help="concurrent waits (10,000; 2,000 with --quick)")
+    top.add_argument("--iterations", type=int, help="register->wake iterations (20; 10 quick)")
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    duration = args.duration or (3.0 if args.quick else 10.0)
+    iterations = args.iterations or (10 if args.quick else 20)
+    soft, _ = servers.raise_nofile()  # before any child starts: they inherit it
+    count = min(args.waits or (2_000 if args.quick else 10_000), soft - FD_MARGIN)
+    signal.signal(signal.SIGTERM, _interrupt)
+    results: dict[str, Any] = {
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": shlex.join([sys.executable, "-m", "bench", *(argv or sys.argv[1:])]),
+        "cwd": str(Path.cwd()),
+        "quick": args.quick,
+        "machine": report.machine(),
+        "load_tool": "wrk" if load.wrk_path() else "aiohttp fallback (wrk not installed)",
+        "nofile_limit": soft,
+        "throughput": {},
+    }
+    if results["machine"]["loadavg_at_start"][0] > BUSY_LOADAVG:
+        _say(f"note: load average {results['machine']['loadavg_at_start'][0]}: numbers will be low")
+    if load.wrk_path() is None:
+        _say("wrk is not installed: falling back to the aiohttp load generator (a floor)")
+    status = 0
+    with tempfile.TemporaryDirectory(prefix="discoverd-bench-") as scratch:
+        stack = servers.Stack(Path(scratch), wait_timeout="120s")
+        try:
+            _say("starting etcd and discoverd")
+            stack.start()
+            results["versions"] = _versions(stack)
+            results["server"] = {
+                "pid": stack.pid,
+                "command": shlex.join(stack.command),
+                "nofile_limit": stack.server_limits(),
+            }
+            phases = _Phases(stack, Path(scratch), duration, iterations, count, results)
+            with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+                runner.run(phases.all())
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            _say("interrupted: stopping etcd and discoverd")
+            results["interrupted"] = True
+            status = 130
+        except servers.StackError as exc:
+            _say(f"cannot start: {exc}")
+            results["error"] = str(exc)
+            status = 1
+        finally:
+            stack.stop()
+            results.setdefault("server", {})["log"] = stack.log_problems()
+    results["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    rows = report.verdicts(results)
+    results["verdicts"] = rows
+    stamped, _ = report.write(results)
+    if results.get("interrupted"):
+        print("(interrupted: partial results)")
+    print(report.markdown(rows))
+    print(f"\nresults: {stamped} (and latest.json); machine: {_machine_line(results)}")
+    return status
+
+
+class _Phases:
+    def __init__(
+        self,
+        stack: servers.Stack,
+        scratch: Path,
+        duration: float,
+        iterations: int,
+        count: int,
+        results: dict[str, Any],
+    ) -> None:
+        self.stack = stack
+        self.base = stack.url
+        self.scratch = scratch
+        self.duration = duration
+        self.iterations = iterations
+        self.count = count
+        self.results = results
+
+    async def all(self) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        token = await self._seed()
+        reads = {"get_size": f"/{token}/_config/size", "get_dir": f"/{token}"}
+        await self._throughput("warmup", reads["get_size"], "GET", WARMUP)
+        for name, path in reads.items():
+            await self._throughput(name, path, "GET")
+        await self._phase("register_wake", f"register->wake x{self.iterations}", self._wake)
+        await self._phase("waits", f"{self.count:,} concurrent waits", self._waits)
+        await self._phase("disconnect", f"{self.count:,} waits dropped at once", self._drop)
+        await self._throughput("new", "/new?size=3", "POST")
+        async with aiohttp.ClientSession() as session:
+            samples = await client.metrics(session, self.base)
+        self.results["server"]["requests"] = client.status_counts(samples)
+        self.results["server"]["etcd_errors"] = client.metric_value(
+            samples, "discoverd_etcd_errors_total"
+        )
+
+    async def _seed(self) -> str:
+        async with aiohttp.ClientSession() as session:
+            token = await client.new_token(session, self.base, 3)
+            for n in (1, 2, 3):
+                await client.register(session, self.base, token, f"{0xBE0C0000 + n:x}", n)
+        return token
+
+    async def _throughput(
+        self, name: str, path: str, method: str, duration: float | None = None
+    ) -> None:
+        spec = Load(name, f"{self.base}{path}", method, duration or self.duration)
+
+        async def measure() -> dict[str, Any]:
+            return (await load.measure(spec, self.scratch)).as_dict()
+
+        what = f"{method} {spec.path} for {spec.duration:g} s" + (
+            " (warm-up, not scored)" if name == "warmup" else ""
+        )
+        found = await self._run(what, measure)
+        if found.get("requests"):
+            cpu = found["cpu_s"]["discoverd"]
+            found["discoverd_cpu_us_per_request"] = round(cpu / found["requests"] * 1e6, 1)
+        self.results["throughput"][name] = found
+
+    async def _phase(
+        self, name: str, what: str, body: Callable[[], Awaitable[dict[str, Any]]]
+    ) -> None:
+        self.results[name] = await self._run(what, body)
+
+    async def _run(
+        self, what: str, body: Callable[[], Awaitable[dict[str, Any]]]
+    ) -> dict[str, Any]:
+        _say(what)
+        pids = {"discoverd": self.stack.pid, "etcd": self.stack.etcd_pid}
+        cpu = {name: sum(servers.cpu_seconds(pid)) for name, pid in pids.items()}
+        started = time.monotonic()
+        try:
+            found = await body()
+        except Exception as exc:  # one failed phase must not lose the others
+            _say(f"  failed: {type(exc).__name__}: {exc}")
+            return {"error": f"{type(exc).__name__}: {exc}"}
+        wall = time.monotonic() - started
+        found["cpu_s"] = {
+            name: round(sum(servers.cpu_seconds(pid)) - cpu[name], 2) for name, pid in pids.items()
+        }
+        found["cpu_s"]["wall"] = round(wall, 2)
+        _say(f"  done in {wall:.1f} s")
+        return found
+
+    async def _wake(self) -> dict[str, Any]:
+        return (await wake.register_wake(self.base, self.iterations)).as_dict()
+
+    async def _waits(self) -> dict[str, Any]:
+        return await waits.concurrent_waits(self.base, self.stack.pid, self.count)
+
+    async def _drop(self) -> dict[str, Any]:
+        return await waits.disconnect_all(self.base, self.count)
+
+
+def _versions(stack: servers.Stack) -> dict[str, str]:
+    status, health = servers.get_json(f"{stack.url}/health")
+    return {
+        "discoverd": str(health.get("version", "unknown")) if status == 200 else "unknown",
+        "etcd": stack.etcd_version(),
+        "etcd_binary": str(stack.etcd.binary),
+    }
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop
+    return uvloop.new_event_loop
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def _say(text: str) -> None:
+    print(f"[bench] {text}", file=sys.stderr, flush=True)
+
+
+def _machine_line(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    v = results.get("versions", {})
+    return (
+        f"{m['nproc']} CPUs ({m['cpu_model']}), discoverd {v.get('discoverd', '?')}, "
+        f"etcd {v.get('etcd', '?')}, {results['load_tool']}"
+    )

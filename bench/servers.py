@@ -1,0 +1,203 @@
+"""The processes a bench run owns: one embedded etcd and one `discoverd serve`, on loopback.
+
+Both are started here and polled until ready (never slept on), and `Stack.stop` ends both by
+pid. The children inherit the bench's raised RLIMIT_NOFILE (see `raise_nofile`), so the one
+discoverd process can hold every concurrent wait, and they die with the bench on Linux.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from discoverd.store.embedded import EmbeddedEtcd, EmbeddedEtcdError, free_port
+
+READY_TIMEOUT = 30.0
+STOP_TIMEOUT = 15.0
+POLL_INTERVAL = 0.05
+
+
+class StackError(RuntimeError):
+    """A bench process could not be started."""
+
+
+def raise_nofile() -> tuple[int, int]:
+    """Raise this process's open-files soft limit to its hard limit; children inherit it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+def die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def get_json(url: str, timeout: float = 2.0) -> tuple[int, dict[str, Any]]:
+    """(status, decoded body) of a GET; status 0 when nothing answered."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # loopback only
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        return exc.code, {}
+    except (OSError, ValueError):
+        return 0, {}
+
+
+class Stack:
+    """etcd + one discoverd, started in a scratch directory and stopped by pid."""
+
+    def __init__(self, scratch: Path, wait_timeout: str) -> None:
+        self.scratch = scratch
+        self.etcd = EmbeddedEtcd(scratch / "etcd", name="bench")
+        self.port = 0
+        self.url = ""
+        self.command: list[str] = []
+        self.wait_timeout = wait_timeout
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = scratch / "discoverd.log"
+
+    @property
+    def pid(self) -> int:
+        if self.process is None:
+            raise StackError("discoverd is not running")
+        return self.process.pid
+
+    @property
+    def etcd_pid(self) -> int:
+        if self.etcd.process is None:
+            raise StackError("etcd is not running")
+        return self.etcd.process.pid
+
+    def start(self) -> None:
+        try:
+            endpoint = self.etcd.start(READY_TIMEOUT)
+        except EmbeddedEtcdError as exc:
+            raise StackError(str(exc)) from exc
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.command = [
+            sys.executable,
+            "-m",
+            "discoverd",
+            "serve",
+            "--listen",
+            f"127.0.0.1:{self.port}",
+            "--etcd",
+            endpoint,
+            "--new-rate",
+            "0",
+            "--log-level",
+            "warning",
+            "--data-dir",
+            str(self.scratch / "discoverd-data"),
+            "--wait-timeout",
+            self.wait_timeout,
+        ]
+        if "--dns-listen" in serve_flags():  # never the default port another instance may hold
+            self.command += ["--dns-listen", f"127.0.0.1:{free_port()}"]
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                self.command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                preexec_fn=die_with_parent,  # noqa: PLW1509 - only prctl, no locks taken
+            )
+        self._wait_healthy()
+
+    def _wait_healthy(self) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise StackError(
+                    f"discoverd exited with {self.process.returncode}: {self.log_tail()}"
+                )
+            if get_json(f"{self.url}/health", timeout=1.0)[0] == 200:
+                return
+            time.sleep(POLL_INTERVAL)
+        raise StackError(f"discoverd not healthy after {READY_TIMEOUT:.0f}s: {self.log_tail()}")
+
+    def etcd_version(self) -> str:
+        status, body = get_json(f"{self.etcd.endpoint}/version")
+        return str(body.get("etcdserver", "unknown")) if status == 200 else "unknown"
+
+    def server_limits(self) -> str:
+        """The server's open-files limit line from /proc/<pid>/limits."""
+        with contextlib.suppress(OSError, StackError):
+            for line in Path(f"/proc/{self.pid}/limits").read_text().splitlines():
+                if line.startswith("Max open files"):
+                    return " ".join(line.split()[3:5])
+        return "unknown"
+
+    def log_tail(self, lines: int = 8) -> str:
+        with contextlib.suppress(OSError):
+            return " | ".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return "(no log)"
+
+    def log_problems(self, limit: int = 20) -> list[str]:
+        """Warning and error lines the server logged (its log level is warning)."""
+        with contextlib.suppress(OSError):
+            lines = self.log_path.read_text(errors="replace").splitlines()
+            return [line[:400] for line in lines if line.strip()][-limit:]
+        return []
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        try:
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(STOP_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(STOP_TIMEOUT)
+        finally:
+            self.etcd.stop()
+
+
+def serve_flags() -> str:
+    """The help text of `discoverd serve`, to pass only the flags this version has."""
+    done = subprocess.run(
+        [sys.executable, "-m", "discoverd", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    return done.stdout
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds `pid` has used, from /proc/<pid>/stat."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0, 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def rss_kb(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (peak) of `pid`, in kB, from /proc/<pid>/status."""
+    found: dict[str, int] = {}
+    with Path(f"/proc/{pid}/status").open() as status:
+        for line in status:
+            name, _, rest = line.partition(":")
+            if name in ("VmRSS", "VmHWM"):
+                found[name] = int(rest.split()[0])
+    return found

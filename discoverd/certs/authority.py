@@ -1,0 +1,254 @@
+"""The certificate authority's rules: enroll, renew, revoke, publish the CA and its CRL.
+
+One CA per cluster, made on first use and stored sealed with the service key. Enrollment is
+bound to the token and the member name: a name gets one certificate per profile, and at most
+`size` names per profile are ever enrolled, so a token that leaks after the bootstrap cannot
+mint new identities. Renewal proves possession of the current key (a CSR signed with the
+key of the current certificate, which must chain to the cluster's CA and not be revoked) and
+keeps the name, profile and SANs. Nothing here logs a key, a CSR or a token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import hashlib
+import ipaddress
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from cryptography import x509 as cx509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+
+from discoverd.certs import policy, x509
+from discoverd.certs.x509 import Profile
+from discoverd.discovery.service import DiscoveryService
+from discoverd.errors import Conflict, Forbidden, Invalid, Unavailable
+from discoverd.models import CaRecord, CertRecord, Cluster
+from discoverd.store.certificates import CertificateStore
+
+logger = logging.getLogger(__name__)
+
+KEY_CACHE = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Issued:
+    certificate: str
+    ca: str
+    record: CertRecord
+
+
+class Authority:
+    def __init__(
+        self,
+        discovery: DiscoveryService,
+        store: CertificateStore,
+        service_key: bytes,
+        zone: str,
+        cert_ttl: float,
+    ) -> None:
+        self._discovery = discovery
+        self._store = store
+        self._service_key = service_key
+        self.key_id = hashlib.sha256(b"discoverd-service-key" + service_key).hexdigest()[:16]
+        self._zone = zone
+        self._lifetime = dt.timedelta(seconds=cert_ttl)
+        self._keys: OrderedDict[str, x509.PrivateKey] = OrderedDict()
+        self._crls: dict[str, tuple[tuple[str, ...], str]] = {}
+        self._ca_lock = asyncio.Lock()
+
+    # -- the CA --------------------------------------------------------------------------------
+
+    async def ca_pem(self, token: str) -> str:
+        cluster = await self._discovery.cluster(token)
+        return (await self._ca(cluster))[1]
+
+    async def _ca(self, cluster: Cluster) -> tuple[x509.PrivateKey, str, cx509.Certificate]:
+        record = cluster.ca
+        if record is None:
+            async with self._ca_lock:
+                record = cluster.ca or await self._create_ca(cluster)
+        cert = x509.load_cert(record.certificate)
+        key = self._keys.get(cluster.token)
+        if key is None:
+            if record.key_id != self.key_id:
+                raise Unavailable(
+                    "this replica's service key cannot open the cluster's CA key: every replica "
+                    "must share one --service-key-file"
+                )
+            try:
+                blob = base64.b64decode(record.sealed_key)
+                key = await asyncio.to_thread(x509.unseal, blob, self._service_key, cluster.token)
+            except x509.SealError as exc:
+                raise Unavailable(str(exc)) from exc
+            self._keys[cluster.token] = key
+            while len(self._keys) > KEY_CACHE:
+                self._keys.popitem(last=False)
+        return key, record.certificate, cert
+
+    async def _create_ca(self, cluster: Cluster) -> CaRecord:
+        # The token is a secret and CA certificates are shown to anyone who connects to a
+        # member, so the subject names the cluster by a hash of its token, never the token.
+        label = cluster.config.name or hashlib.sha256(cluster.token.encode()).hexdigest()[:12]
+        key, cert = await asyncio.to_thread(x509.new_ca, f"discoverd etcd CA {label}")
+        sealed = x509.seal(key, self._service_key, cluster.token)
+        record = CaRecord(
+            certificate=x509.pem(cert),
+            sealed_key=base64.b64encode(sealed).decode(),
+            key_id=self.key_id,
+        )
+        stored = await self._store.create_ca(cluster.token, record, cluster.lease)
+        if stored is record:
+            self._keys[cluster.token] = key
+            logger.info("created a cluster CA", extra={"ca_sha256": x509.fingerprint(cert)})
+        return stored
+
+    # -- issuing -------------------------------------------------------------------------------
+
+    async def enroll(self, token: str, name: str, csr_pem: str, profile_name: str) -> Issued:
+        profile = _profile(profile_name)
+        policy.check_subject_name(profile, name)
+        csr = x509.load_csr(csr_pem)
+        cluster = await self._discovery.cluster(token)
+        sans = policy.leaf_sans(profile, x509.csr_sans(csr), self._policy(cluster))
+        names = {c.name for c in cluster.certs if c.profile == profile.value and not c.revoked_at}
+        if name not in names and len(names) >= cluster.config.size:
+            raise Forbidden(
+                f"{len(names)} names already hold a {profile.value} certificate in this cluster "
+                f"of size {cluster.config.size}; enrollment is closed",
+                cause=name,
+            )
+        issued = await self._issue(cluster, csr.public_key(), name, sans, profile)
+        if not await self._store.enroll(token, issued.record, cluster.lease):
+            raise Conflict(
+                f"{name} already has a {profile.value} certificate; renew it with "
+                "POST /api/v1/certs/renew, or have an operator revoke it",
+                cause=name,
+            )
+        await self._discovery.caught_up(0)
+        return issued
+
+    async def renew(self, token: str, cert_pem: str, csr_pem: str) -> Issued:
+        cluster = await self._discovery.cluster(token)
+        _, _, ca_cert = await self._ca(cluster)
+        current = x509.load_cert(cert_pem)
+        _verify_issued_by(current, ca_cert)
+        csr = x509.load_csr(csr_pem)
+        if x509.spki_sha256(csr.public_key()) != x509.spki_sha256(current.public_key()):
+            raise Forbidden("the csr must be signed with the key of the certificate to renew")
+        record = cluster.cert(format(current.serial_number, "x"))
+        if record is None:
+            raise Forbidden("this certificate is not in the cluster's inventory")
+        if record.revoked_at is not None:
+            raise Forbidden("this certificate is revoked and cannot be renewed")
+        if record.not_after < time.time():
+            raise Forbidden("this certificate has expired; an operator must re-issue it")
+        profile = Profile(record.profile)
+        sans = _sans_of(current)
+        issued = await self._issue(cluster, csr.public_key(), record.name, sans, profile)
+        if not await self._store.renew(token, record.serial, issued.record, cluster.lease):
+            raise Conflict("this certificate was renewed already", cause=record.serial)
+        return issued
+
+    async def _issue(
+        self, cluster: Cluster, public_key: object, name: str, sans: x509.Sans, profile: Profile
+    ) -> Issued:
+        key, ca_pem, ca_cert = await self._ca(cluster)
+        cert = x509.issue(
+            key,
+            ca_cert,
+            public_key=public_key,
+            common_name=name,
+            sans=sans,
+            profile=profile,
+            lifetime=self._lifetime,
+        )
+        record = CertRecord(
+            serial=format(cert.serial_number, "x"),
+            name=name,
+            profile=profile.value,
+            sans=tuple(sans.as_strings()),
+            not_after=cert.not_valid_after_utc.timestamp(),
+            fingerprint=x509.fingerprint(cert),
+            issued_at=time.time(),
+        )
+        return Issued(x509.pem(cert), ca_pem, record)
+
+    # -- revocation ----------------------------------------------------------------------------
+
+    async def revoke(self, token: str, serial: str) -> CertRecord:
+        cluster = await self._discovery.cluster(token)
+        record = cluster.cert(serial.lower())
+        if record is None:
+            raise Invalid(f"no certificate with serial {serial} in this cluster", cause=serial[:40])
+        if record.revoked_at is None:
+            record = record.model_copy(update={"revoked_at": time.time()})
+            await self._store.revoke(token, record, cluster.lease)
+        return record
+
+    async def crl_pem(self, token: str) -> str:
+        cluster = await self._discovery.cluster(token)
+        revoked = [c for c in cluster.certs if c.revoked_at is not None]
+        serials = tuple(sorted(c.serial for c in revoked))
+        cached = self._crls.get(token)
+        if cached is not None and cached[0] == serials:
+            return cached[1]
+        key, _, ca_cert = await self._ca(cluster)
+        entries = [
+            (int(c.serial, 16), dt.datetime.fromtimestamp(c.revoked_at or 0, dt.UTC))
+            for c in revoked
+        ]
+        number = max((int(c.revoked_at or 0) for c in revoked), default=0) + len(revoked)
+        text = x509.pem(x509.crl(key, ca_cert, entries, number))
+        self._crls[token] = (serials, text)
+        return text
+
+    def _policy(self, cluster: Cluster) -> policy.SanPolicy:
+        domains = [f"{cluster.token}.{self._zone}"]
+        if cluster.config.name:
+            domains.append(f"{cluster.config.name}.{self._zone}")
+        cidrs = tuple(ipaddress.ip_network(cidr) for cidr in cluster.config.cidrs)
+        return policy.SanPolicy(tuple(domains), cluster.config.dns_suffixes, cidrs)
+
+
+def _profile(name: str) -> Profile:
+    try:
+        return Profile(name)
+    except ValueError:
+        raise Invalid("profile must be peer, server or client", cause=str(name)[:16]) from None
+
+
+def _sans_of(cert: cx509.Certificate) -> x509.Sans:
+    try:
+        ext = cert.extensions.get_extension_for_class(cx509.SubjectAlternativeName).value
+    except cx509.ExtensionNotFound:
+        return x509.Sans()
+    dns = tuple(ext.get_values_for_type(cx509.DNSName))
+    ips = tuple(ext.get_values_for_type(cx509.IPAddress))
+    return x509.Sans(dns, ips)  # type: ignore[arg-type]
+
+
+def _verify_issued_by(cert: cx509.Certificate, ca: cx509.Certificate) -> None:
+    public = ca.public_key()
+    try:
+        if cert.issuer != ca.subject:
+            raise InvalidSignature
+        if isinstance(public, ec.EllipticCurvePublicKey):
+            algorithm = cert.signature_hash_algorithm
+            assert algorithm is not None
+            public.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(algorithm))
+        elif isinstance(public, rsa.RSAPublicKey):
+            algorithm = cert.signature_hash_algorithm
+            assert algorithm is not None
+            public.verify(cert.signature, cert.tbs_certificate_bytes, padding.PKCS1v15(), algorithm)
+        elif isinstance(public, ed25519.Ed25519PublicKey):
+            public.verify(cert.signature, cert.tbs_certificate_bytes)
+        else:
+            raise InvalidSignature
+    except InvalidSignature:
+        raise Forbidden("this certificate was not issued by this cluster's CA") from None

@@ -1,0 +1,103 @@
+"""Certificate authority state in etcd, one transaction per change. Keys come from `store.keys`.
+
+A cluster's CA is created once (create-only; a replica that loses the race reads the winner's).
+An enrollment claims `enrolled/<profile>/<name>` and records the certificate in the same
+transaction, so a name gets one certificate per profile however many replicas are asked; a
+renewal moves the claim from the old serial to the new one; a revocation marks the record.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from discoverd.errors import NotFound, Unavailable
+from discoverd.models import CaRecord, CertRecord
+from discoverd.store import keys
+from discoverd.store.clusters import LeaseGone
+from discoverd.store.gateway import EtcdGateway, EtcdRejected, b64, decode_kv
+
+
+def _absent(key: str) -> dict[str, Any]:
+    return {"key": b64(key), "result": "EQUAL", "target": "CREATE", "create_revision": 0}
+
+
+def _put(key: str, value: str, lease: int) -> dict[str, Any]:
+    return {"request_put": {"key": b64(key), "value": b64(value), "lease": lease}}
+
+
+class CertificateStore:
+    def __init__(self, gateway: EtcdGateway) -> None:
+        self._gateway = gateway
+
+    async def create_ca(self, token: str, record: CaRecord, lease: int) -> CaRecord:
+        """Store `record` as the cluster's CA unless one exists; the CA that is stored."""
+        key = keys.cluster_ca(token)
+        txn = {
+            "compare": [
+                _absent(key),
+                {"key": b64(keys.cluster_config(token)), "result": "GREATER",
+                 "target": "CREATE", "create_revision": 0},
+            ],
+            "success": [_put(key, record.model_dump_json(), lease)],
+            "failure": [{"request_range": {"key": b64(key)}}],
+        }  # fmt: skip
+        result = await self._txn(txn, "store a CA")
+        if result.get("succeeded"):
+            return record
+        kvs = result["responses"][0].get("response_range", {}).get("kvs", [])
+        if not kvs:
+            raise NotFound("Key not found", cause=f"/{token}")
+        return CaRecord.model_validate_json(decode_kv(kvs[0]).value)
+
+    async def enroll(self, token: str, record: CertRecord, lease: int) -> bool:
+        """Claim the name for the profile and record the certificate; False if claimed."""
+        claim = keys.enrolled(token, record.profile, record.name)
+        txn = {
+            "compare": [_absent(claim)],
+            "success": [
+                _put(claim, record.serial, lease),
+                _put(keys.certificate(token, record.serial), record.model_dump_json(), lease),
+            ],
+            "failure": [],
+        }
+        return bool((await self._txn(txn, "record a certificate")).get("succeeded"))
+
+    async def renew(self, token: str, old_serial: str, record: CertRecord, lease: int) -> bool:
+        """Move the claim from `old_serial` to the new certificate; False if it moved already."""
+        claim = keys.enrolled(token, record.profile, record.name)
+        txn = {
+            "compare": [
+                {"key": b64(claim), "result": "EQUAL", "target": "VALUE", "value": b64(old_serial)}
+            ],
+            "success": [
+                _put(claim, record.serial, lease),
+                _put(keys.certificate(token, record.serial), record.model_dump_json(), lease),
+            ],
+            "failure": [],
+        }
+        return bool((await self._txn(txn, "record a renewal")).get("succeeded"))
+
+    async def revoke(self, token: str, record: CertRecord, lease: int) -> None:
+        """Mark `record` revoked and free its name, so the node can be enrolled again."""
+        claim = keys.enrolled(token, record.profile, record.name)
+        put = _put(keys.certificate(token, record.serial), record.model_dump_json(), lease)
+        holds = {
+            "key": b64(claim),
+            "result": "EQUAL",
+            "target": "VALUE",
+            "value": b64(record.serial),
+        }
+        txn = {
+            "compare": [holds],
+            "success": [{"request_delete_range": {"key": b64(claim)}}, put],
+            "failure": [put],  # a serial renewed away is still marked revoked
+        }
+        await self._txn(txn, "revoke a certificate")
+
+    async def _txn(self, txn: dict[str, Any], what: str) -> dict[str, Any]:
+        try:
+            return await self._gateway.txn(txn)
+        except EtcdRejected as exc:
+            if "lease not found" in exc.detail:
+                raise LeaseGone(exc.detail) from exc
+            raise Unavailable(f"etcd refused to {what}: {exc.detail}") from exc
