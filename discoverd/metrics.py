@@ -47,6 +47,18 @@ class Metrics:
             "Failed calls to an etcd endpoint (each failover attempt counts).",
             registry=r,
         )
+        self.certs_issued = Counter(
+            "discoverd_certs_issued_total",
+            "Certificates issued, by profile and how (enroll, renew).",
+            ["profile", "how"],
+            registry=r,
+        )
+        self.certs_denied = Counter(
+            "discoverd_certs_denied_total",
+            "Certificate requests refused, by reason.",
+            ["reason"],
+            registry=r,
+        )
         self.clusters = Gauge(
             "discoverd_clusters", "Clusters (live tokens) in this replica's view.", registry=r
         )

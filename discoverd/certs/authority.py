@@ -130,7 +130,6 @@ class Authority:
                 "POST /api/v1/certs/renew, or have an operator revoke it",
                 cause=name,
             )
-        await self._discovery.caught_up(0)
         return issued
 
     async def renew(self, token: str, cert_pem: str, csr_pem: str) -> Issued:

@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from discoverd import jsonbody
+from discoverd.certs import x509
 from discoverd.discovery import protocol
 from discoverd.discovery.service import DiscoveryService, registration_cap
 from discoverd.dns import names
@@ -99,7 +100,26 @@ class ClusterService:
                 "domains": domains,
                 "srv": sorted(_srv_names(members, domains, config.name)),
             },
+            "ca_sha256": _ca_fingerprint(cluster),
+            "certificates": [
+                {
+                    "serial": cert.serial,
+                    "name": cert.name,
+                    "profile": cert.profile,
+                    "sans": list(cert.sans),
+                    "not_after": datetime.fromtimestamp(cert.not_after, UTC).isoformat(),
+                    "sha256": cert.fingerprint,
+                    "revoked": cert.revoked_at is not None,
+                }
+                for cert in cluster.certs
+            ],
         }
+
+
+def _ca_fingerprint(cluster: Cluster) -> str | None:
+    if cluster.ca is None:
+        return None
+    return x509.fingerprint(x509.load_cert(cluster.ca.certificate))
 
 
 def _srv_names(members: Any, domains: list[str], suffix: str | None) -> set[str]:
