@@ -3,6 +3,8 @@ reads the environment (through `Settings`).
 
     discoverd serve [--listen HOST:PORT] [--etcd URL,...] ...   run the service
     discoverd new [--size N] [--server URL]                     print a new discovery URL
+    discoverd ca init --dir DIR                                 an offline CA
+    discoverd cert issue|inspect|revoke ...                     certificates
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -66,6 +69,33 @@ def parser() -> argparse.ArgumentParser:
     new = commands.add_parser("new", help="create a discovery token and print its URL")
     new.add_argument("--size", type=int, default=3, help="cluster size (default 3)")
     new.add_argument("--server", default=DEFAULT_SERVER, help=f"discoverd URL ({DEFAULT_SERVER})")
+
+    ca = commands.add_parser("ca", help="offline CA").add_subparsers(dest="action", required=True)
+    init = ca.add_parser("init", help="make a CA in a directory (ca.pem, ca-key.pem)")
+    init.add_argument("--dir", type=Path, required=True)
+    init.add_argument("--cn", default="discoverd etcd CA", help="the CA's common name")
+
+    cert = commands.add_parser("cert", help="certificates").add_subparsers(
+        dest="action", required=True
+    )
+    issue = cert.add_parser("issue", help="issue from a cfssl CSR JSON with an offline CA")
+    issue.add_argument("--ca-dir", type=Path, required=True)
+    issue.add_argument("--csr-json", type=Path, required=True)
+    issue.add_argument("--profile", choices=["peer", "server", "client"], default="peer")
+    issue.add_argument("--bare", help="file base name, as cfssljson -bare (default: the CN)")
+    issue.add_argument("--out-dir", type=Path, default=Path())
+    issue.add_argument("--ttl", default="90d", help="lifetime (90d)")
+    inspect = cert.add_parser("inspect", help="check a certificate against etcd's rules")
+    inspect.add_argument("file", type=Path)
+    inspect.add_argument("--ca", type=Path, help="verify the chain to this CA")
+    inspect.add_argument("--profile", choices=["peer", "server", "client"])
+    revoke = cert.add_parser("revoke", help="revoke an issued certificate (talks to etcd)")
+    revoke.add_argument("--token", required=True)
+    revoke.add_argument("--serial", help="hex serial (see GET /api/v1/clusters/<token>)")
+    revoke.add_argument("--name", help="revoke every live certificate of this member")
+    revoke.add_argument("--profile", choices=["peer", "server", "client"])
+    revoke.add_argument("--etcd", help="etcd endpoints (default: DISCOVERD_ETCD, or the embedded)")
+    revoke.add_argument("--data-dir", help="data dir of an embedded etcd (./discoverd-data)")
     return top
 
 
@@ -82,6 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command == "new":
         return _new(args.server, args.size)
+    if args.command in ("ca", "cert"):
+        return _certs(args)
     try:
         settings = settings_from(args)
     except ValidationError as exc:
@@ -124,6 +156,51 @@ def serve(settings: Settings) -> int:
         logger.error("cannot listen on %s: %s", settings.listen, exc.strerror or exc)
         return 1
     return 0
+
+
+def _certs(args: argparse.Namespace) -> int:
+    from discoverd.certs import commands
+    from discoverd.config import parse_duration
+
+    if args.command == "ca":
+        return commands.ca_init(args.dir, args.cn)
+    if args.action == "issue":
+        try:
+            ttl = parse_duration(args.ttl)
+        except ValueError as exc:
+            print(f"discoverd cert issue: {exc}", file=sys.stderr)
+            return 2
+        return commands.cert_issue(
+            args.ca_dir, args.csr_json, profile=args.profile, bare=args.bare,
+            out_dir=args.out_dir, ttl=ttl,
+        )  # fmt: skip
+    if args.action == "inspect":
+        return commands.cert_inspect(args.file, args.ca, args.profile)
+    return _revoke(args)
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    from discoverd.certs import commands
+    from discoverd.store.embedded import endpoint_file
+
+    given = {k: v for k, v in (("etcd", args.etcd), ("data_dir", args.data_dir)) if v}
+    try:
+        settings = Settings(**given)
+    except ValidationError as exc:
+        print(f"discoverd cert revoke: {exc.errors()[0]['msg']}", file=sys.stderr)
+        return 2
+    endpoints = settings.etcd
+    if not endpoints:
+        found = endpoint_file(settings.data_dir)
+        if not found.exists():
+            print(
+                f"discoverd cert revoke: no --etcd, and no embedded etcd running under "
+                f"{settings.data_dir} (start `discoverd serve` or give --etcd)",
+                file=sys.stderr,
+            )
+            return 1
+        endpoints = (found.read_text().strip(),)
+    return commands.cert_revoke(endpoints, args.token, args.serial, args.name, args.profile)
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:

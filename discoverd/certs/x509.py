@@ -168,13 +168,14 @@ def issue(
     sans: Sans,
     profile: Profile,
     lifetime: dt.timedelta,
+    subject: x509.Name | None = None,
 ) -> x509.Certificate:
     start = now() - BACKDATE
     end = min(start + BACKDATE + lifetime, ca_cert.not_valid_after_utc)
     rsa_key = isinstance(public_key, rsa.RSAPublicKey)
     builder = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .subject_name(subject or x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
         .issuer_name(ca_cert.subject)
         .public_key(public_key)  # type: ignore[arg-type]
         .serial_number(random_serial())

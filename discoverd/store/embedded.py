@@ -43,6 +43,10 @@ def etcd_binary(override: Path | None = None) -> Path:
     return candidate
 
 
+def endpoint_file(data_dir: Path) -> Path:
+    return data_dir / "etcd.endpoint"
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
@@ -73,6 +77,11 @@ class EmbeddedEtcd:
     @property
     def log_path(self) -> Path:
         return self.data_dir / "etcd.log"
+
+    @property
+    def endpoint_file(self) -> Path:
+        """Where a running embedded etcd says where it listens (for operator commands)."""
+        return endpoint_file(self.data_dir)
 
     def start(self, timeout: float = READY_TIMEOUT) -> str:
         """Launch and wait until healthy; the endpoint."""
@@ -121,6 +130,7 @@ class EmbeddedEtcd:
                 )
             if self.healthy():
                 logger.info("embedded etcd ready at %s", self.endpoint)
+                self.endpoint_file.write_text(self.endpoint + "\n")
                 return self.endpoint
             time.sleep(0.05)
         self.stop()
@@ -137,6 +147,7 @@ class EmbeddedEtcd:
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         process, self.process = self.process, None
+        self.endpoint_file.unlink(missing_ok=True)
         if process is None or process.poll() is not None:
             return
         process.terminate()

@@ -173,6 +173,10 @@ class EtcdGateway:
 
         return await self.call(op)
 
+    async def range_prefix(self, prefix: str) -> tuple[int, list[KeyValue]]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.range_prefix_sync, prefix)
+
     def range_prefix_sync(self, prefix: str) -> tuple[int, list[KeyValue]]:
         """Every key under `prefix` at one revision, read page by page."""
         end = b64(prefix_end(prefix))

@@ -76,6 +76,11 @@ def certificate(token: str, serial: str) -> str:
     return f"{CLUSTERS}{token}/certs/{serial}"
 
 
+def certificates(token: str) -> str:
+    """`/discoverd/v1/clusters/<token>/certs/`: every certificate record of a cluster."""
+    return f"{CLUSTERS}{token}/certs/"
+
+
 def enrolled(token: str, profile: str, name: str) -> str:
     """`/discoverd/v1/clusters/<token>/enrolled/<profile>/<name>`"""
     return f"{CLUSTERS}{token}/enrolled/{profile}/{name}"
