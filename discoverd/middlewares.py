@@ -54,6 +54,8 @@ def error_response(request: web.Request, exc: DiscoverdError) -> web.Response:
         ((status, code) for kind, status, code in _MAPPING if isinstance(exc, kind)),
         (500, protocol.RAFT_INTERNAL),
     )
+    if status == 412 and (request.match_info.route.name or "").startswith("api-"):
+        status = 409  # 412 + errorCode 105 is etcd's v2 answer; the JSON API says 409 Conflict
     registry = request.app.get(appkeys.REGISTRY)
     index = registry.revision if registry is not None else 0
     headers = {"X-Etcd-Index": str(index)}

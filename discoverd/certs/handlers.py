@@ -37,10 +37,10 @@ class RenewRequest(BaseModel):
 
 
 def setup_routes(app: web.Application, prefix: str) -> None:
-    app.router.add_post(prefix + "/api/v1/certs", enroll, name="certs")
-    app.router.add_post(prefix + "/api/v1/certs/renew", renew, name="certs-renew")
-    app.router.add_get(prefix + "/api/v1/clusters/{token}/ca.pem", ca, name="ca")
-    app.router.add_get(prefix + "/api/v1/clusters/{token}/crl.pem", crl, name="crl")
+    app.router.add_post(prefix + "/api/v1/certs", enroll, name="api-certs")
+    app.router.add_post(prefix + "/api/v1/certs/renew", renew, name="api-certs-renew")
+    app.router.add_get(prefix + "/api/v1/clusters/{token}/ca.pem", ca, name="api-ca")
+    app.router.add_get(prefix + "/api/v1/clusters/{token}/crl.pem", crl, name="api-crl")
 
 
 async def enroll(request: web.Request) -> web.Response:

@@ -90,7 +90,7 @@ async def test_one_certificate_per_name_and_profile(client, tmp_path):
     request = csr(tmp_path, "infra0", "IP:10.0.0.1")
     assert (await enroll(client, token, "infra0", request)).status == 200
     again = await enroll(client, token, "infra0", csr(tmp_path, "infra0b", "IP:10.0.0.1"))
-    assert again.status == 412
+    assert again.status == 409
     assert "already has a peer certificate" in (await again.json())["message"]
     assert (await enroll(client, token, "infra0", request, profile="server")).status == 200
     assert (
@@ -184,7 +184,7 @@ async def test_renew_proves_possession_and_keeps_the_sans(client, tmp_path):
         "/api/v1/certs/renew",
         json={"token": token, "certificate": first["certificate"], "csr": same_key},
     )
-    assert replay.status == 412 and "renewed already" in (await replay.json())["message"]
+    assert replay.status == 409 and "renewed already" in (await replay.json())["message"]
     stolen = await client.post(
         "/api/v1/certs/renew",
         json={"token": token, "certificate": second["certificate"], "csr": csr(tmp_path, "thief")},
