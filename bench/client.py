@@ -26,11 +26,17 @@ async def new_token(session: aiohttp.ClientSession, base: str, size: int) -> str
 
 
 async def register(
-    session: aiohttp.ClientSession, base: str, token: str, member_id: str, n: int
+    session: aiohttp.ClientSession,
+    base: str,
+    token: str,
+    member_id: str,
+    n: int,
+    value: str | None = None,
 ) -> int:
-    """A real v2 registration (create-only); the X-Etcd-Index it answers with."""
+    """A real v2 registration (create-only) of `value` (default `m<n>=http://127.0.0.<n>:2380`);
+    the X-Etcd-Index it answers with."""
     url = f"{base}/{token}/{member_id}?prevExist=false"
-    form = {"value": f"m{n}=http://127.0.0.{n}:2380"}
+    form = {"value": value or f"m{n}=http://127.0.0.{n}:2380"}
     async with session.put(url, data=form, timeout=CALL_TIMEOUT) as response:
         body = await response.text()
         if response.status != 201:

@@ -1,8 +1,9 @@
 """Where a bench run's results go: the machine it ran on, the JSON files under bench/results/,
 and the Markdown table (metric | discoverd | anchor | target) printed to stdout.
 
-The anchors were measured by the issue's author on this 2-core machine with `wrk -t2 -c32`,
-service and etcd on the same box, against the Go etcd-io/discoveryserver.
+The HTTP anchors were measured by the issue's author on this 2-core machine with
+`wrk -t2 -c32`, service and etcd on the same box, against the Go etcd-io/discoveryserver. The DNS
+anchor is dnsmasq serving the same records, measured by dnsperf in the same run (bench.dnsload).
 """
 
 from __future__ import annotations
@@ -22,6 +23,12 @@ READ_TARGET = 15_000.0
 NEW_TARGET = 5_600.0
 RSS_TARGET_MB = 300.0
 RSS_TARGET_WAITS = 10_000
+
+TIMES = "\N{MULTIPLICATION SIGN}"
+DNS_TARGET_RATIO = 0.5  # discoverd's DNS QPS target: half of dnsmasq's, measured in the same run
+# DNS load name -> row label
+DNS_LOADS = {"srv": "DNS SRV", "a": "DNS A"}
+DNS_QPS_LABELS = {"srv": "DNS SRV qps (3 SRV + 3 A glue)", "a": "DNS A qps"}
 
 # load name -> (anchor text, target req/s)
 THROUGHPUT = {
@@ -147,7 +154,68 @@ def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
     for name in ("register_wake", "waits", "disconnect"):
         if "error" in results.get(name, {}):
             rows.append(_row(f"{name}: failed", results[name]["error"][:60], "", "", met=False))
+    if "dns" in results:
+        rows.extend(dns_verdicts(results["dns"]))
     return rows
+
+
+def dns_verdicts(dns: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per DNS load: discoverd's median QPS against dnsmasq's, then latency, loss and sizes."""
+    if "skipped" in dns:
+        return [_row("DNS: skipped", dns["skipped"], "", "", met=None)]
+    ours, anchor = dns.get("discoverd", {}), dns.get("dnsmasq", {})
+    rows: list[dict[str, Any]] = []
+    for name, label in DNS_LOADS.items():
+        mine, theirs = _dns_load(ours, name), _dns_load(anchor, name)
+        base = theirs.get("queries_per_s") if "queries_per_s" in theirs else None
+        ratio = f"{DNS_TARGET_RATIO:g}{TIMES} dnsmasq"
+        target = f"≥ {DNS_TARGET_RATIO * base:,.0f} ({ratio})" if base else f"≥ {ratio}"
+        if "queries_per_s" in mine:
+            qps = mine["queries_per_s"]
+            value = f"{qps:,.0f}" + (f" ({qps / base:.2f}{TIMES} dnsmasq)" if base else "")
+            met = qps >= DNS_TARGET_RATIO * base if base else None
+        else:
+            value, met = _dns_missing(mine), None if "skipped" in mine else False
+        anchor_text = (
+            f"{base:,.0f} (dnsmasq, same run)" if base else f"dnsmasq {_dns_missing(theirs)}"
+        )
+        rows.append(_row(DNS_QPS_LABELS[name], value, anchor_text, target, met=met))
+        if "queries_per_s" in mine or base:
+            rows.append(
+                _row(
+                    f"{label} avg latency · lost · bytes query/response",
+                    _dns_detail(mine),
+                    _dns_detail(theirs),
+                    "—",
+                    met=None if not mine.get("lost") else False,
+                )
+            )
+    return rows
+
+
+def _dns_load(side: dict[str, Any], name: str) -> dict[str, Any]:
+    """One load of one DNS side, or why it has none (`skipped` or `error`)."""
+    if "skipped" in side or "error" in side:
+        return side
+    if not side:
+        return {"skipped": "not run"}
+    return dict(side.get("loads", {}).get(name, {"error": "no result"}))
+
+
+def _dns_missing(load: dict[str, Any]) -> str:
+    if "skipped" in load:
+        return f"skipped: {load['skipped']}"
+    return f"failed: {str(load.get('error', 'no result'))[:80]}"
+
+
+def _dns_detail(load: dict[str, Any]) -> str:
+    if "queries_per_s" not in load:
+        return _dns_missing(load)
+    lost = f"{load['lost']:,} lost of {load['sent']:,}" if load["lost"] else "0 lost"
+    return (
+        f"{load['avg_latency_ms']:.2f} ms · {lost} · "
+        f"{load['request_bytes']} / {load['response_bytes']} B"
+    )
 
 
 def _row(metric: str, value: str, anchor: str, target: str, met: bool | None) -> dict[str, Any]:

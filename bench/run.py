@@ -1,6 +1,7 @@
 """`python -m bench [--quick]`: start etcd and one discoverd, measure, stop both, report.
 
-Phases, in this order (each one's failure is recorded and the next one still runs):
+Phases, in this order (each one's failure is recorded and the next one still runs; `--dns-only`
+runs only 7 and 8, `--skip-dns` all but them):
   1. seed      a size-3 token with 3 real v2 registrations, so reads return real data
   2. reads     wrk on GET /<token>/_config/size and GET /<token> (after a 2 s warm-up)
   3. wake      register->wake latency of a long-poll
@@ -8,6 +9,9 @@ Phases, in this order (each one's failure is recorded and the next one still run
   5. drop      N long-polls again, every client gone at once: time until the server let go
   6. new       wrk on POST /new?size=3 (last: it fills the registry with tokens, which would
                inflate the RSS measured in phase 4)
+  7. dns       dnsperf on discoverd's DNS responder: SRV (3 SRV + 3 A glue) and A of a fresh
+               size-3 token, 3 runs of --duration each (bench.dnsload)
+  8. dnsmasq   the same records and loads on dnsmasq, the anchor, started and stopped here
 
 Every phase also records the CPU seconds discoverd and etcd used during it.
 """
@@ -29,7 +33,7 @@ from typing import Any
 
 import aiohttp
 
-from bench import client, load, report, servers, waits, wake
+from bench import client, dnsload, load, report, servers, waits, wake
 from bench.loadspec import Load
 
 FD_MARGIN = 256
@@ -42,9 +46,16 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument(
         "--quick", action="store_true", help="~20 s smoke run (3 s loads, 2,000 waits)"
     )
-    top.add_argument("--duration", type=float, help="seconds per wrk run (10; 3 with --quick)")
+    top.add_argument("--duration", type=float, help="seconds per wrk or dnsperf run (10; 3 quick)")
     top.add_argument("--waits", type=int, help="concurrent waits (10,000; 2,000 with --quick)")
     top.add_argument("--iterations", type=int, help="register->wake iterations (20; 10 quick)")
+    only = top.add_mutually_exclusive_group()
+    only.add_argument("--skip-dns", action="store_true", help="skip the DNS phases (dnsperf)")
+    only.add_argument(
+        "--dns-only",
+        action="store_true",
+        help="only the DNS phases: discoverd, then dnsmasq, under dnsperf",
+    )
     return top
 
 
@@ -65,6 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "nofile_limit": soft,
         "throughput": {},
     }
+    if not args.skip_dns:
+        results["dns"] = _dns_plan(duration)
     if results["machine"]["loadavg_at_start"][0] > BUSY_LOADAVG:
         _say(f"note: load average {results['machine']['loadavg_at_start'][0]}: numbers will be low")
     if load.wrk_path() is None:
@@ -82,6 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "nofile_limit": stack.server_limits(),
             }
             phases = _Phases(stack, Path(scratch), duration, iterations, count, results)
+            phases.http = not args.dns_only
+            phases.dns = not args.skip_dns
             with asyncio.Runner(loop_factory=_loop_factory()) as runner:
                 runner.run(phases.all())
         except (KeyboardInterrupt, asyncio.CancelledError):
@@ -123,11 +138,25 @@ class _Phases:
         self.iterations = iterations
         self.count = count
         self.results = results
+        self.http = True
+        self.dns = True
 
     async def all(self) -> None:
         task = asyncio.current_task()
         assert task is not None
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        if self.http:
+            await self._http()
+        if self.dns:
+            await self._dns()
+        async with aiohttp.ClientSession() as session:
+            samples = await client.metrics(session, self.base)
+        self.results["server"]["requests"] = client.status_counts(samples)
+        self.results["server"]["etcd_errors"] = client.metric_value(
+            samples, "discoverd_etcd_errors_total"
+        )
+
+    async def _http(self) -> None:
         token = await self._seed()
         reads = {"get_size": f"/{token}/_config/size", "get_dir": f"/{token}"}
         await self._throughput("warmup", reads["get_size"], "GET", WARMUP)
@@ -137,12 +166,26 @@ class _Phases:
         await self._phase("waits", f"{self.count:,} concurrent waits", self._waits)
         await self._phase("disconnect", f"{self.count:,} waits dropped at once", self._drop)
         await self._throughput("new", "/new?size=3", "POST")
-        async with aiohttp.ClientSession() as session:
-            samples = await client.metrics(session, self.base)
-        self.results["server"]["requests"] = client.status_counts(samples)
-        self.results["server"]["etcd_errors"] = client.metric_value(
-            samples, "discoverd_etcd_errors_total"
-        )
+
+    async def _dns(self) -> None:
+        """discoverd's responder, then dnsmasq with the same records, under dnsperf."""
+        plan = self.results["dns"]
+        if "skipped" in plan:
+            _say(f"DNS phases skipped: {plan['skipped']}")
+            return
+        runs, duration = plan["runs"], plan["duration_s"]
+        each = f"SRV and A, {runs} x {duration:g} s each"
+
+        async def discoverd() -> dict[str, Any]:
+            return await dnsload.discoverd_side(self.stack, self.scratch, duration, runs, _say)
+
+        async def dnsmasq() -> dict[str, Any]:
+            return await dnsload.dnsmasq_side(self.scratch, duration, runs, _say)
+
+        for name, body in (("discoverd", discoverd), ("dnsmasq", dnsmasq)):
+            plan[name] = found = await self._run(f"DNS on {name} ({each})", body)
+            if "skipped" in found:
+                _say(f"  skipped: {found['skipped']}")
 
     async def _seed(self) -> str:
         async with aiohttp.ClientSession() as session:
@@ -203,6 +246,17 @@ class _Phases:
         return await waits.disconnect_all(self.base, self.count)
 
 
+def _dns_plan(duration: float) -> dict[str, Any]:
+    plan: dict[str, Any] = {
+        "runs": dnsload.RUNS,
+        "duration_s": duration,
+        "dnsperf": dnsload.dnsperf_info(),
+    }
+    if plan["dnsperf"]["path"] is None:
+        plan["skipped"] = "dnsperf not installed (Debian dnsperf; `make bench` installs it as root)"
+    return plan
+
+
 def _versions(stack: servers.Stack) -> dict[str, str]:
     status, health = servers.get_json(f"{stack.url}/health")
     return {
@@ -231,7 +285,9 @@ def _say(text: str) -> None:
 def _machine_line(results: dict[str, Any]) -> str:
     m = results["machine"]
     v = results.get("versions", {})
+    dnsperf = results.get("dns", {}).get("dnsperf", {}).get("version")
     return (
         f"{m['nproc']} CPUs ({m['cpu_model']}), discoverd {v.get('discoverd', '?')}, "
         f"etcd {v.get('etcd', '?')}, {results['load_tool']}"
+        + (f", dnsperf {dnsperf}" if dnsperf else "")
     )

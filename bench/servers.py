@@ -13,6 +13,7 @@ import json
 import os
 import resource
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,6 +24,8 @@ from typing import Any
 
 from discoverd.store.embedded import EmbeddedEtcd, EmbeddedEtcdError, free_port
 
+DNS_ZONE = "etcd.internal"
+PORT_ATTEMPTS = 50
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
 POLL_INTERVAL = 0.05
@@ -67,6 +70,8 @@ class Stack:
         self.url = ""
         self.command: list[str] = []
         self.wait_timeout = wait_timeout
+        self.dns_port: int | None = None  # None: this discoverd has no DNS responder
+        self.dns_zone = DNS_ZONE
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = scratch / "discoverd.log"
 
@@ -108,7 +113,9 @@ class Stack:
             self.wait_timeout,
         ]
         if "--dns-listen" in serve_flags():  # never the default port another instance may hold
-            self.command += ["--dns-listen", f"127.0.0.1:{free_port()}"]
+            self.dns_port = free_dns_port()
+            self.command += ["--dns-listen", f"127.0.0.1:{self.dns_port}"]
+            self.command += ["--dns-zone", self.dns_zone]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 self.command,
@@ -168,6 +175,19 @@ class Stack:
                     process.wait(STOP_TIMEOUT)
         finally:
             self.etcd.stop()
+
+
+def free_dns_port(host: str = "127.0.0.1") -> int:
+    """A port free for both UDP and TCP on `host` (a DNS server binds both)."""
+    for _ in range(PORT_ATTEMPTS):
+        port = free_port(host)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            try:
+                udp.bind((host, port))
+            except OSError:
+                continue
+        return port
+    raise StackError(f"no port free for both UDP and TCP on {host}")
 
 
 def serve_flags() -> str:
