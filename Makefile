@@ -9,7 +9,7 @@ ARGS   ?=
 # command:debian-package pairs. Tests: etcd 3.4 (compatibility) and dig. Bench: the load tools
 # and dnsmasq, the DNS anchor.
 TEST_TOOLS  := etcd:etcd-server dig:bind9-dnsutils unshare:util-linux
-BENCH_TOOLS := wrk:wrk dnsperf:dnsperf dnsmasq:dnsmasq-base
+BENCH_TOOLS := wrk:wrk dnsperf:dnsperf dnsmasq:dnsmasq-base cfssl:golang-cfssl
 
 .PHONY: run test check bench apt-test apt-bench clean
 

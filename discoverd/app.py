@@ -131,7 +131,7 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     app[appkeys.AUTHORITY] = authority
     app[appkeys.CLUSTERS] = ClusterService(
-        service, ClusterStore(gateway), settings.dns_zone, settings.token_ttl
+        service, ClusterStore(gateway), settings.dns_zone, settings.token_ttl, settings.base_url
     )
     try:
         yield

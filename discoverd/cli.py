@@ -2,7 +2,9 @@
 reads the environment (through `Settings`).
 
     discoverd serve [--listen HOST:PORT] [--etcd URL,...] ...   run the service
-    discoverd new [--size N] [--server URL]                     print a new discovery URL
+    discoverd new [--size N] [--name N] [--server URL] [-q]     a new cluster token
+    discoverd status URL [--wait]                               follow a cluster
+    discoverd join --server URL --token T --name N --ip IP ...  prepare a node (cloud-init)
     discoverd ca init --dir DIR                                 an offline CA
     discoverd cert issue|inspect|revoke ...                     certificates
 """
@@ -13,17 +15,15 @@ import argparse
 import asyncio
 import logging
 import sys
-import urllib.error
-import urllib.parse
-import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from discoverd import __version__, logs
-from discoverd.config import Settings
+from discoverd.clusters import commands as cluster_commands
+from discoverd.config import Settings, parse_duration
 
 logger = logging.getLogger("discoverd")
 
@@ -61,15 +61,46 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="discoverd", description="etcd discovery service")
     top.add_argument("--version", action="version", version=f"discoverd {__version__}")
     commands = top.add_subparsers(dest="command", required=True)
-
     serve = commands.add_parser("serve", help="run the service")
     for flag, (_, text) in _SERVE_FLAGS.items():
         serve.add_argument(flag, default=None, help=text)
+    _cluster_parsers(commands)
+    _cert_parsers(commands)
+    return top
 
-    new = commands.add_parser("new", help="create a discovery token and print its URL")
+
+def _cluster_parsers(commands: Any) -> None:
+    new = commands.add_parser("new", help="create a discovery token for a new cluster")
     new.add_argument("--size", type=int, default=3, help="cluster size (default 3)")
+    new.add_argument("--name", help="also publish the cluster as <name>.<zone>")
+    new.add_argument("--cidr", action="append", default=[], help="IP range its certs may name")
+    new.add_argument("--dns", action="append", default=[], help="DNS suffix its certs may name")
     new.add_argument("--server", default=DEFAULT_SERVER, help=f"discoverd URL ({DEFAULT_SERVER})")
+    new.add_argument("--timeout", default="10s", help="retry an unreachable server this long")
+    new.add_argument("-q", "--quiet", action="store_true", help="print only the discovery URL")
 
+    status = commands.add_parser("status", help="members, certificates and DNS of a cluster")
+    status.add_argument("cluster", help="the discovery URL, or the token with --server")
+    status.add_argument("--server", help="discoverd URL, when a bare token is given")
+    status.add_argument("--wait", action="store_true", help="follow it until it is complete")
+    status.add_argument("--timeout", default="10m", help="how long --wait waits (10m)")
+
+    join = commands.add_parser("join", help="prepare this node to join a cluster (cloud-init)")
+    join.add_argument("--server", required=True, help="discoverd URL")
+    join.add_argument("--token", required=True)
+    join.add_argument("--name", required=True, help="this member's name (--name of etcd)")
+    join.add_argument("--ip", required=True, help="the address its peers and clients use")
+    join.add_argument("--mode", choices=["discovery", "srv"], default="discovery")
+    join.add_argument("--tls", action="store_true", help="enroll certificates; https everywhere")
+    join.add_argument("--ca-sha256", help="refuse a CA whose SHA-256 differs (from `new`)")
+    join.add_argument("--out", required=True, help="where etcd.env and the PEM files go")
+    join.add_argument("--data-dir", default="/var/lib/etcd", help="ETCD_DATA_DIR (/var/lib/etcd)")
+    join.add_argument("--peer-port", type=int, default=2380)
+    join.add_argument("--client-port", type=int, default=2379)
+    join.add_argument("--timeout", default="10m", help="retry an unreachable server this long")
+
+
+def _cert_parsers(commands: Any) -> None:
     ca = commands.add_parser("ca", help="offline CA").add_subparsers(dest="action", required=True)
     init = ca.add_parser("init", help="make a CA in a directory (ca.pem, ca-key.pem)")
     init.add_argument("--dir", type=Path, required=True)
@@ -96,7 +127,6 @@ def parser() -> argparse.ArgumentParser:
     revoke.add_argument("--profile", choices=["peer", "server", "client"])
     revoke.add_argument("--etcd", help="etcd endpoints (default: DISCOVERD_ETCD, or the embedded)")
     revoke.add_argument("--data-dir", help="data dir of an embedded etcd (./discoverd-data)")
-    return top
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -110,8 +140,13 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    if args.command == "new":
-        return _new(args.server, args.size)
+    if args.command in ("new", "status", "join"):
+        try:
+            timeout = parse_duration(args.timeout)
+        except ValueError as exc:
+            print(f"discoverd {args.command}: {exc}", file=sys.stderr)
+            return 2
+        return _CLUSTER_COMMANDS[args.command](args, timeout)
     if args.command in ("ca", "cert"):
         return _certs(args)
     try:
@@ -158,9 +193,38 @@ def serve(settings: Settings) -> int:
     return 0
 
 
+def _new(args: argparse.Namespace, timeout: float) -> int:
+    return cluster_commands.new(
+        args.server, args.size, name=args.name, cidrs=args.cidr, dns=args.dns,
+        quiet=args.quiet, timeout=timeout,
+    )  # fmt: skip
+
+
+def _status(args: argparse.Namespace, timeout: float) -> int:
+    return cluster_commands.status(args.cluster, args.server, args.wait, timeout)
+
+
+def _join(args: argparse.Namespace, timeout: float) -> int:
+    from discoverd.join import JoinError, JoinRequest, join
+
+    request = JoinRequest(
+        server=args.server, token=args.token, name=args.name, ip=args.ip, mode=args.mode,
+        tls=args.tls, out=args.out, data_dir=args.data_dir, peer_port=args.peer_port,
+        client_port=args.client_port, ca_sha256=args.ca_sha256,
+    )  # fmt: skip
+    try:
+        print(join(request, timeout, say=lambda line: print(f"join: {line}", file=sys.stderr)))
+    except JoinError as exc:
+        print(f"discoverd join: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"discoverd join: {exc.filename or args.out}: {exc.strerror}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _certs(args: argparse.Namespace) -> int:
     from discoverd.certs import commands
-    from discoverd.config import parse_duration
 
     if args.command == "ca":
         return commands.ca_init(args.dir, args.cn)
@@ -211,24 +275,8 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-def _new(server: str, size: int) -> int:
-    url = f"{server.rstrip('/')}/new?" + urllib.parse.urlencode({"size": size})
-    request = urllib.request.Request(url, method="POST")  # noqa: S310 - the operator's URL
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
-            print(response.read().decode().strip())
-            return 0
-    except urllib.error.HTTPError as exc:
-        print(f"discoverd new: {server} refused: {_reason(exc.read())}", file=sys.stderr)
-    except (urllib.error.URLError, OSError) as exc:
-        print(f"discoverd new: cannot reach {server}: {exc}", file=sys.stderr)
-    return 1
-
-
-def _reason(body: bytes) -> str:
-    import json
-
-    try:
-        return str(json.loads(body)["message"])
-    except (ValueError, KeyError, TypeError):
-        return body.decode(errors="replace")[:200]
+_CLUSTER_COMMANDS: dict[str, Callable[[argparse.Namespace, float], int]] = {
+    "new": _new,
+    "status": _status,
+    "join": _join,
+}

@@ -26,6 +26,9 @@ class ClusterConfig(BaseModel):
     size: int = Field(ge=1)
     created_at: float = Field(description="unix time of creation")
     name: str | None = Field(default=None, description="published as <name>.<zone> in DNS")
+    clients: int | None = Field(
+        default=None, ge=0, le=999, description="client certificate names (default: size)"
+    )
     cidrs: tuple[str, ...] = Field(
         default=(), max_length=16, description="extra IP ranges certificates may name"
     )

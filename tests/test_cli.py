@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 
 import pytest
@@ -27,7 +28,7 @@ def test_serve_refuses_bad_settings(argv, message, capsys):
 
 async def test_new_prints_a_discovery_url(client, capsys):
     server = str(client.make_url("")).rstrip("/")
-    assert await asyncio.to_thread(main, ["new", "--size", "5", "--server", server]) == 0
+    assert await asyncio.to_thread(main, ["new", "-q", "--size", "5", "--server", server]) == 0
     url = capsys.readouterr().out.strip()
     assert re.fullmatch(r"http://discoverd\.test:8087/[0-9a-f]{32}", url)
     token = url.rsplit("/", 1)[1]
@@ -41,5 +42,17 @@ async def test_new_reports_a_refusal(client, capsys):
 
 
 def test_new_reports_an_unreachable_server(capsys):
-    assert main(["new", "--server", f"http://127.0.0.1:{free_port()}"]) == 1
+    assert main(["new", "--timeout", "1s", "--server", f"http://127.0.0.1:{free_port()}"]) == 1
     assert "cannot reach" in capsys.readouterr().err
+
+
+async def test_new_prints_what_the_nodes_need(client, capsys):
+    server = str(client.make_url("")).rstrip("/")
+    argv = ["new", "--size", "3", "--name", "web" + os.urandom(3).hex(), "--server", server]
+    assert await asyncio.to_thread(main, argv) == 0
+    out = capsys.readouterr().out
+    token = re.search(r"discovery URL: http://discoverd\.test:8087/([0-9a-f]{32})", out).group(1)
+    view = await (await client.get(f"/api/v1/clusters/{token}")).json()
+    assert f"CA sha256:     {view['ca_sha256']}" in out
+    assert f"DNS domain:    {token}.etcd.internal, web" in out
+    assert "#cloud-config" in out and f"DISCOVERD_TOKEN={token}" in out

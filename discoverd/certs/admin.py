@@ -1,8 +1,9 @@
 """Operator actions on a live cluster's CA, straight against etcd (as `discoverd cert revoke`).
 
 Whoever can write discoverd's keys in etcd already controls every cluster, so etcd access is
-the authorisation. Revoking marks the inventory record (the CRL of every replica lists it at
-once), blocks renewal, and frees the name so that the node can be enrolled again (re-issue).
+the authorisation. Revoking marks the inventory record, blocks renewal, and frees the name so
+that the node can be enrolled again (re-issue). Each replica's CRL lists it as soon as that
+replica's watch delivers the change (milliseconds; poll crl.pem if a script must be sure).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ async def revoke(
     if not serial and not name:
         raise Invalid("say which certificate: --serial, or --name [--profile]")
     if serial is not None:
+        serial = serial.replace(":", "").strip()  # openssl prints serials as ab:cd:...
         try:
             int(serial, 16)
         except ValueError:

@@ -59,7 +59,7 @@ class Authority:
         self._zone = zone
         self._lifetime = dt.timedelta(seconds=cert_ttl)
         self._keys: OrderedDict[str, x509.PrivateKey] = OrderedDict()
-        self._crls: dict[str, tuple[tuple[str, ...], str]] = {}
+        self._crls: dict[str, tuple[tuple[str, ...], cx509.CertificateRevocationList]] = {}
         self._ca_lock = asyncio.Lock()
 
     # -- the CA --------------------------------------------------------------------------------
@@ -117,10 +117,14 @@ class Authority:
         cluster = await self._discovery.cluster(token)
         sans = policy.leaf_sans(profile, x509.csr_sans(csr), self._policy(cluster))
         names = {c.name for c in cluster.certs if c.profile == profile.value and not c.revoked_at}
-        if name not in names and len(names) >= cluster.config.size:
+        limit = cluster.config.size
+        if profile is Profile.CLIENT and cluster.config.clients is not None:
+            limit = cluster.config.clients
+        if name not in names and len(names) >= limit:
             raise Forbidden(
                 f"{len(names)} names already hold a {profile.value} certificate in this cluster "
-                f"of size {cluster.config.size}; enrollment is closed",
+                f"(at most {limit}; client identities are set with /new?clients=N); "
+                "enrollment is closed",
                 cause=name,
             )
         issued = await self._issue(cluster, csr.public_key(), name, sans, profile)
@@ -191,6 +195,12 @@ class Authority:
         return record
 
     async def crl_pem(self, token: str) -> str:
+        return x509.pem(await self._crl(token))
+
+    async def crl_der(self, token: str) -> bytes:
+        return x509.der(await self._crl(token))
+
+    async def _crl(self, token: str) -> cx509.CertificateRevocationList:
         cluster = await self._discovery.cluster(token)
         revoked = [c for c in cluster.certs if c.revoked_at is not None]
         serials = tuple(sorted(c.serial for c in revoked))
@@ -203,9 +213,9 @@ class Authority:
             for c in revoked
         ]
         number = max((int(c.revoked_at or 0) for c in revoked), default=0) + len(revoked)
-        text = x509.pem(x509.crl(key, ca_cert, entries, number))
-        self._crls[token] = (serials, text)
-        return text
+        crl = x509.crl(key, ca_cert, entries, number)
+        self._crls[token] = (serials, crl)
+        return crl
 
     def _policy(self, cluster: Cluster) -> policy.SanPolicy:
         domains = [f"{cluster.token}.{self._zone}"]

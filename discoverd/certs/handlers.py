@@ -3,7 +3,8 @@
 POST /api/v1/certs                       {"token","name","csr","profile"} -> {"certificate","ca"}
 POST /api/v1/certs/renew                 {"token","certificate","csr"}    -> {"certificate","ca"}
 GET  /api/v1/clusters/<token>/ca.pem     the cluster's CA certificate
-GET  /api/v1/clusters/<token>/crl.pem    its CRL, for etcd's --client-crl-file/--peer-crl-file
+GET  /api/v1/clusters/<token>/crl.pem    its CRL in PEM (what etcd 3.4 and 3.5 read)
+GET  /api/v1/clusters/<token>/crl.der    the same CRL in DER (what etcd 3.6+ reads; 3.5 too)
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def setup_routes(app: web.Application, prefix: str) -> None:
     app.router.add_post(prefix + "/api/v1/certs/renew", renew, name="api-certs-renew")
     app.router.add_get(prefix + "/api/v1/clusters/{token}/ca.pem", ca, name="api-ca")
     app.router.add_get(prefix + "/api/v1/clusters/{token}/crl.pem", crl, name="api-crl")
+    app.router.add_get(prefix + "/api/v1/clusters/{token}/crl.der", crl_der, name="api-crl-der")
 
 
 async def enroll(request: web.Request) -> web.Response:
@@ -75,6 +77,11 @@ async def ca(request: web.Request) -> web.Response:
 async def crl(request: web.Request) -> web.Response:
     text = await request.app[appkeys.AUTHORITY].crl_pem(_token(request))
     return web.Response(text=text, content_type=PEM)
+
+
+async def crl_der(request: web.Request) -> web.Response:
+    body = await request.app[appkeys.AUTHORITY].crl_der(_token(request))
+    return web.Response(body=body, content_type="application/pkix-crl")
 
 
 def _issued(request: web.Request, issued: Issued, renewed: bool = False) -> web.Response:

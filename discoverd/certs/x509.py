@@ -231,6 +231,10 @@ def pem(item: x509.Certificate | x509.CertificateRevocationList) -> str:
     return item.public_bytes(serialization.Encoding.PEM).decode()
 
 
+def der(item: x509.CertificateRevocationList) -> bytes:
+    return item.public_bytes(serialization.Encoding.DER)
+
+
 def key_pem(key: PrivateKey) -> str:
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()

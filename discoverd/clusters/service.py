@@ -34,12 +34,18 @@ class MemberRequest(BaseModel):
 
 class ClusterService:
     def __init__(
-        self, discovery: DiscoveryService, store: ClusterStore, zone: str, token_ttl: float
+        self,
+        discovery: DiscoveryService,
+        store: ClusterStore,
+        zone: str,
+        token_ttl: float,
+        base_url: str,
     ) -> None:
         self._discovery = discovery
         self._store = store
         self._zone = zone.rstrip(".")
         self._ttl = token_ttl
+        self._base_url = base_url
 
     async def put_member(self, token: str, name: str, body: bytes) -> ApiMember:
         if not names.is_host_label(name):
@@ -81,6 +87,7 @@ class ClusterService:
         v2_ids = {m.value.partition("=")[0]: m.member_id for m in cluster.members}
         return {
             "token": cluster.token,
+            "discovery_url": f"{self._base_url}/{cluster.token}",
             "name": config.name,
             "size": config.size,
             "registered": len(members),

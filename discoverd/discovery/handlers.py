@@ -52,7 +52,12 @@ async def new_token(request: web.Request) -> web.Response:
     name = protocol.parse_cluster_name(params.get("name"))
     cidrs = _listed(params.getall("cidr", []))
     dns = _listed(params.getall("dns", []))
-    token = await service.new_token(size, name, cidrs, dns)
+    clients = params.get("clients")
+    if clients is not None and not protocol.INDEX_RE.fullmatch(clients):
+        raise Invalid(
+            "clients must be a whole number (client certificate names)", cause=clients[:16]
+        )
+    token = await service.new_token(size, name, cidrs, dns, int(clients) if clients else None)
     app[appkeys.METRICS].tokens_created.inc()
     return web.Response(text=f"{app[appkeys.SETTINGS].base_url}/{token}")
 

@@ -68,12 +68,18 @@ class DiscoveryService:
         name: str | None = None,
         cidrs: tuple[str, ...] = (),
         dns_suffixes: tuple[str, ...] = (),
+        clients: int | None = None,
     ) -> str:
         """A new token, stored in etcd. There is no wait for this replica's view: a read that
         misses the view asks etcd, so the token is readable at once anyway."""
         try:
             config = ClusterConfig(
-                size=size, created_at=time.time(), name=name, cidrs=cidrs, dns_suffixes=dns_suffixes
+                size=size,
+                created_at=time.time(),
+                name=name,
+                cidrs=cidrs,
+                dns_suffixes=dns_suffixes,
+                clients=clients,
             )
         except ValidationError as exc:
             raise Invalid(exc.errors()[0]["msg"].removeprefix("Value error, ")) from exc

@@ -269,3 +269,29 @@ async def test_a_replica_with_another_service_key_refuses_clearly(
     assert response.status == 503
     assert "service key" in (await response.json())["message"]
     assert (other_dir / "service.key").stat().st_mode & 0o777 == 0o600
+
+
+async def test_crl_in_der_for_etcd_36(client, tmp_path):
+    token = await new_token(client)
+    issued = await (
+        await enroll(client, token, "infra0", csr(tmp_path, "infra0", "IP:10.0.0.1"))
+    ).json()
+    await client.server.app[appkeys.AUTHORITY].revoke(token, issued["serial"])
+    der = await client.get(f"/api/v1/clusters/{token}/crl.der")
+    assert der.status == 200 and der.content_type == "application/pkix-crl"
+    (tmp_path / "crl.der").write_bytes(await der.read())
+    text = openssl(
+        "crl", "-inform", "DER", "-in", str(tmp_path / "crl.der"), "-noout", "-text"
+    ).stdout
+    assert f"Serial Number: {issued['serial'].upper()}" in text
+
+
+async def test_client_identities_are_set_at_creation(client, tmp_path):
+    token = await new_token(client, "size=1&clients=3")
+    statuses = [
+        (await enroll(client, token, user, csr(tmp_path, user), profile="client")).status
+        for user in ("root", "backup", "monitor", "extra")
+    ]
+    assert statuses == [200, 200, 200, 403]
+    bad = await client.post("/new?size=3&clients=lots")
+    assert bad.status == 400

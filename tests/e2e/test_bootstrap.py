@@ -110,7 +110,17 @@ def _exe(pid: int) -> str:
 def _discoverd_new(server_url: str, size: int) -> str:
     """A token minted with the `discoverd new` command."""
     result = subprocess.run(
-        [sys.executable, "-m", "discoverd", "new", "--server", server_url, "--size", str(size)],
+        [
+            sys.executable,
+            "-m",
+            "discoverd",
+            "new",
+            "-q",
+            "--server",
+            server_url,
+            "--size",
+            str(size),
+        ],
         capture_output=True,
         timeout=30,
         check=False,

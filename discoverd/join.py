@@ -1,0 +1,252 @@
+"""`discoverd join`: what a new node runs (from cloud-init) before it starts etcd.
+
+    1. read the cluster (size, domains, discovery URL); refuse a full cluster;
+    2. with --tls: fetch the cluster CA (checked against --ca-sha256), make keys here, enroll
+       peer, server and client certificates (the keys never leave the node);
+    3. register the member's peer and client URLs (DNS, status);
+    4. in srv mode, wait until `size` members have registered;
+    5. write OUT/etcd.env: the ETCD_* variables the stock etcd reads by itself, and
+       OUT/etcdctl.env for local tools.
+
+Every file is written atomically, keys with mode 0600. A node that already joined (same
+token, name, address and mode) changes nothing and exits 0, so cloud-init re-runs and reboots
+are harmless. Failures are one line on stderr and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509 as cx509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import NameOID
+
+from discoverd.api_client import ApiClient, ApiError
+from discoverd.certs import x509
+from discoverd.certs.offline import write_private, write_public
+
+MARKER = "join.json"
+POLL = 1.0
+
+
+@dataclass(frozen=True)
+class JoinRequest:
+    server: str
+    token: str
+    name: str
+    ip: str
+    mode: str  # "discovery" or "srv"
+    tls: bool
+    out: str
+    data_dir: str = "/var/lib/etcd"
+    peer_port: int = 2380
+    client_port: int = 2379
+    ca_sha256: str | None = None
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+    def url(self, port: int, ip: str | None = None) -> str:
+        host = ip or self.ip
+        host = f"[{host}]" if ":" in host else host
+        return f"{self.scheme}://{host}:{port}"
+
+
+class JoinError(Exception):
+    """One line that says what went wrong and what to do."""
+
+
+def join(request: JoinRequest, timeout: float, say: Any = print) -> str:
+    """Join the cluster; a short summary of what was done."""
+    out = Path(request.out)
+    _check(request)
+    if _already_joined(out, request):
+        return f"{request.name} already joined; {out / 'etcd.env'} is unchanged"
+    client = ApiClient(request.server, time.monotonic() + timeout)
+    try:
+        cluster = client.get_json(f"/api/v1/clusters/{request.token}")
+        members = {m["name"] for m in cluster["members"]}
+        if request.name not in members and len(members) >= cluster["size"]:
+            raise JoinError(
+                f"cluster is full: {len(members)} of {cluster['size']} members registered "
+                f"({', '.join(sorted(members))}); this node needs a new token"
+            )
+        out.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if request.tls:
+            _certificates(client, request, cluster, out, say)
+        client.send_json(
+            "PUT",
+            f"/api/v1/clusters/{request.token}/members/{request.name}",
+            {
+                "peer_urls": [request.url(request.peer_port)],
+                "client_urls": [request.url(request.client_port)],
+            },
+        )
+        say(f"registered {request.name} at {request.url(request.peer_port)}")
+        if request.mode == "srv":
+            _wait_for_members(client, request, cluster["size"], say)
+    except ApiError as exc:
+        raise JoinError(str(exc)) from None
+    write_public(out / "etcd.env", render_env(request, cluster, out))
+    write_public(out / "etcdctl.env", render_etcdctl_env(request, out))
+    write_public(out / MARKER, json.dumps(_marker(request), indent=1) + "\n")
+    return f"{request.name} joined; start etcd with EnvironmentFile={out / 'etcd.env'}"
+
+
+def _check(request: JoinRequest) -> None:
+    if request.mode not in ("discovery", "srv"):
+        raise JoinError("--mode must be discovery or srv")
+    try:
+        ipaddress.ip_address(request.ip)
+    except ValueError:
+        raise JoinError(f"--ip {request.ip!r} is not an IP address") from None
+    if request.ca_sha256 and not request.tls:
+        raise JoinError("--ca-sha256 pins the CA of a TLS cluster: add --tls")
+
+
+def _marker(request: JoinRequest) -> dict[str, Any]:
+    fields = asdict(request)
+    fields.pop("ca_sha256", None)
+    return fields
+
+
+def _already_joined(out: Path, request: JoinRequest) -> bool:
+    marker = out / MARKER
+    if not marker.exists():
+        return False
+    try:
+        recorded = json.loads(marker.read_text())
+    except ValueError:
+        return False
+    if recorded != _marker(request):
+        raise JoinError(
+            f"{out} holds the join of another cluster or address ({recorded.get('name')} in "
+            f"token {str(recorded.get('token'))[:6]}…); remove it to join again"
+        )
+    return (out / "etcd.env").exists()
+
+
+def _certificates(
+    client: ApiClient, request: JoinRequest, cluster: dict[str, Any], out: Path, say: Any
+) -> None:
+    ca_pem = client.get_text(f"/api/v1/clusters/{request.token}/ca.pem")
+    ca = x509.load_cert(ca_pem)
+    got = x509.fingerprint(ca)
+    if request.ca_sha256:
+        wanted = request.ca_sha256.replace(":", "").lower()
+        if got != wanted:
+            raise JoinError(f"the server's CA has sha256 {got}, not {wanted}: refusing to trust it")
+    write_public(out / "ca.pem", ca_pem)
+    domains = cluster["dns"]["domains"]
+    names = [*(f"{request.name}.{domain}" for domain in domains), *domains]
+    ip = ipaddress.ip_address(request.ip)
+    for profile, sans in (("peer", (names, [ip])), ("server", (names, [ip])), ("client", ([], []))):
+        _enroll(client, request, profile=profile, sans=sans, ca=ca, out=out)
+        say(f"{profile} certificate ready")
+
+
+def _enroll(
+    client: ApiClient,
+    request: JoinRequest,
+    *,
+    profile: str,
+    sans: tuple[list[str], list[Any]],
+    ca: cx509.Certificate,
+    out: Path,
+) -> None:
+    cert_path, key_path = out / f"{profile}.pem", out / f"{profile}-key.pem"
+    if cert_path.exists() and key_path.exists() and _issued_by(cert_path, ca):
+        return  # a re-run after a partial failure: the certificate is already here
+    key = x509.new_key()
+    builder = cx509.CertificateSigningRequestBuilder().subject_name(
+        cx509.Name([cx509.NameAttribute(NameOID.COMMON_NAME, request.name)])
+    )
+    dns, ips = sans
+    if dns or ips:
+        alt = [cx509.DNSName(n) for n in dns] + [cx509.IPAddress(i) for i in ips]
+        builder = builder.add_extension(cx509.SubjectAlternativeName(alt), critical=False)
+    csr = builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode()
+    body = {"token": request.token, "name": request.name, "csr": csr, "profile": profile}
+    try:
+        issued = client.send_json("POST", "/api/v1/certs", body)
+    except ApiError as exc:
+        if exc.status == 409:
+            raise JoinError(
+                f"{request.name} already has a {profile} certificate but its files are not in "
+                f"{out}; an operator can free the name with `discoverd cert revoke --token … "
+                f"--name {request.name}`"
+            ) from None
+        raise
+    write_private(key_path, x509.key_pem(key))
+    write_public(cert_path, issued["certificate"])
+
+
+def _issued_by(cert_path: Path, ca: cx509.Certificate) -> bool:
+    try:
+        return x509.load_cert(cert_path.read_text()).issuer == ca.subject
+    except (OSError, ValueError):
+        return False
+
+
+def _wait_for_members(client: ApiClient, request: JoinRequest, size: int, say: Any) -> None:
+    seen = -1
+    while True:
+        cluster = client.get_json(f"/api/v1/clusters/{request.token}")
+        count = len(cluster["members"])
+        if count != seen:
+            say(f"{count} of {size} members registered")
+            seen = count
+        if count >= size:
+            return
+        if time.monotonic() + POLL > client.deadline:
+            raise JoinError(f"timed out waiting for members: {count} of {size} registered")
+        time.sleep(POLL)
+
+
+def render_env(request: JoinRequest, cluster: dict[str, Any], out: Path) -> str:
+    """The ETCD_* variables of this member, read by the stock etcd from its environment."""
+    peer = request.url(request.peer_port)
+    local = request.url(request.client_port, "127.0.0.1")
+    env = {
+        "ETCD_NAME": request.name,
+        "ETCD_DATA_DIR": request.data_dir,
+        "ETCD_INITIAL_ADVERTISE_PEER_URLS": peer,
+        "ETCD_LISTEN_PEER_URLS": peer,
+        "ETCD_LISTEN_CLIENT_URLS": f"{request.url(request.client_port)},{local}",
+        "ETCD_ADVERTISE_CLIENT_URLS": request.url(request.client_port),
+        "ETCD_DISCOVERY_FALLBACK": "exit",
+    }
+    if request.mode == "discovery":
+        env["ETCD_DISCOVERY"] = cluster["discovery_url"]
+    else:
+        env["ETCD_DISCOVERY_SRV"] = cluster["dns"]["domains"][0]
+        env["ETCD_INITIAL_CLUSTER_TOKEN"] = request.token
+    if request.tls:
+        env |= {
+            "ETCD_TRUSTED_CA_FILE": str(out / "ca.pem"),
+            "ETCD_CERT_FILE": str(out / "server.pem"),
+            "ETCD_KEY_FILE": str(out / "server-key.pem"),
+            "ETCD_CLIENT_CERT_AUTH": "true",
+            "ETCD_PEER_TRUSTED_CA_FILE": str(out / "ca.pem"),
+            "ETCD_PEER_CERT_FILE": str(out / "peer.pem"),
+            "ETCD_PEER_KEY_FILE": str(out / "peer-key.pem"),
+            "ETCD_PEER_CLIENT_CERT_AUTH": "true",
+        }
+    return "".join(f"{key}={value}\n" for key, value in env.items())
+
+
+def render_etcdctl_env(request: JoinRequest, out: Path) -> str:
+    env = {"ETCDCTL_API": "3", "ETCDCTL_ENDPOINTS": request.url(request.client_port)}
+    if request.tls:
+        env |= {
+            "ETCDCTL_CACERT": str(out / "ca.pem"),
+            "ETCDCTL_CERT": str(out / "client.pem"),
+            "ETCDCTL_KEY": str(out / "client-key.pem"),
+        }
+    return "".join(f"{key}={value}\n" for key, value in env.items())

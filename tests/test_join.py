@@ -1,0 +1,164 @@
+"""`discoverd join` and `discoverd status` against the real app on a real etcd."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+
+import pytest
+
+from discoverd.cli import main
+from discoverd.store.embedded import free_port
+
+IPS = ["10.0.5.1", "10.0.5.2", "10.0.5.3", "10.0.5.4"]
+
+
+async def new_cluster(client, query="size=3") -> str:
+    return (await (await client.post(f"/new?{query}")).text()).rsplit("/", 1)[1]
+
+
+def join_argv(server, token, name, ip, out, *extra):
+    return ["join", "--server", server, "--token", token, "--name", name, "--ip", ip,
+            "--out", str(out), "--data-dir", str(out / "data"), "--timeout", "5s", *extra]  # fmt: skip
+
+
+def env_of(path) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in path.read_text().splitlines())
+
+
+async def test_tls_join_writes_what_etcd_needs(client, tmp_path, capsys):
+    server = str(client.make_url("")).rstrip("/")
+    token = await new_cluster(client)
+    await client.get(f"/api/v1/clusters/{token}/ca.pem")  # makes the CA, as `discoverd new` does
+    ca_sha = (await (await client.get(f"/api/v1/clusters/{token}")).json())["ca_sha256"]
+    out = tmp_path / "infra0"
+    argv = join_argv(server, token, "infra0", IPS[0], out, "--tls", "--ca-sha256", ca_sha.upper())
+    assert await asyncio.to_thread(main, argv) == 0
+    env = env_of(out / "etcd.env")
+    assert env["ETCD_NAME"] == "infra0"
+    assert env["ETCD_DISCOVERY"] == f"http://discoverd.test:8087/{token}"  # as /new printed it
+    assert env["ETCD_INITIAL_ADVERTISE_PEER_URLS"] == "https://10.0.5.1:2380"
+    assert env["ETCD_LISTEN_CLIENT_URLS"] == "https://10.0.5.1:2379,https://127.0.0.1:2379"
+    assert env["ETCD_CLIENT_CERT_AUTH"] == env["ETCD_PEER_CLIENT_CERT_AUTH"] == "true"
+    assert env["ETCD_DISCOVERY_FALLBACK"] == "exit"
+    for profile in ("peer", "server", "client"):
+        assert (out / f"{profile}-key.pem").stat().st_mode & 0o777 == 0o600
+        verify = subprocess.run(["openssl", "verify", "-CAfile", str(out / "ca.pem"),
+                                 str(out / f"{profile}.pem")], capture_output=True, text=True)  # fmt: skip
+        assert verify.stdout.strip().endswith("OK")
+    text = subprocess.run(["openssl", "x509", "-in", str(out / "peer.pem"), "-noout", "-text"],
+                          capture_output=True, text=True).stdout  # fmt: skip
+    for san in (
+        "IP Address:10.0.5.1",
+        f"DNS:infra0.{token}.etcd.internal",
+        f"DNS:{token}.etcd.internal",
+        "DNS:localhost",
+        "IP Address:127.0.0.1",
+    ):
+        assert san in text  # fmt: skip
+    ctl = env_of(out / "etcdctl.env")
+    assert ctl["ETCDCTL_CERT"] == str(out / "client.pem")
+    view = await (await client.get(f"/api/v1/clusters/{token}")).json()
+    assert view["members"][0]["client_urls"] == ["https://10.0.5.1:2379"]
+
+    # A re-run (cloud-init, reboot) changes nothing and succeeds.
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    capsys.readouterr()
+    assert await asyncio.to_thread(main, argv) == 0
+    assert "already joined" in capsys.readouterr().out
+    assert before == {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+
+
+async def test_a_ca_that_does_not_match_the_pin_is_refused(client, tmp_path, capsys):
+    server = str(client.make_url("")).rstrip("/")
+    token = await new_cluster(client)
+    argv = join_argv(
+        server, token, "infra0", IPS[0], tmp_path / "n", "--tls", "--ca-sha256", "ab" * 32
+    )
+    assert await asyncio.to_thread(main, argv) == 1
+    err = capsys.readouterr().err
+    assert "refusing to trust it" in err and "Traceback" not in err
+    assert not (tmp_path / "n" / "peer-key.pem").exists()
+
+
+async def test_a_fourth_node_is_refused(client, tmp_path, capsys):
+    server = str(client.make_url("")).rstrip("/")
+    token = await new_cluster(client)
+    for i in range(3):
+        assert (
+            await asyncio.to_thread(
+                main, join_argv(server, token, f"n{i}", IPS[i], tmp_path / f"n{i}")
+            )
+            == 0
+        )
+    assert (
+        await asyncio.to_thread(main, join_argv(server, token, "n3", IPS[3], tmp_path / "n3")) == 1
+    )
+    assert "cluster is full: 3 of 3 members registered" in capsys.readouterr().err
+
+
+async def test_srv_mode_waits_for_every_member(client, tmp_path):
+    server = str(client.make_url("")).rstrip("/")
+    token = await new_cluster(client, "size=2")
+    first = asyncio.create_task(asyncio.to_thread(
+        main, join_argv(server, token, "a", IPS[0], tmp_path / "a", "--mode", "srv")))  # fmt: skip
+    await asyncio.sleep(1.5)
+    assert not first.done()  # waiting for the second member
+    assert (
+        await asyncio.to_thread(
+            main, join_argv(server, token, "b", IPS[1], tmp_path / "b", "--mode", "srv")
+        )
+        == 0
+    )
+    assert await first == 0
+    env = env_of(tmp_path / "a" / "etcd.env")
+    assert env["ETCD_DISCOVERY_SRV"] == f"{token}.etcd.internal"
+    assert env["ETCD_INITIAL_CLUSTER_TOKEN"] == token and "ETCD_DISCOVERY" not in env
+
+
+@pytest.mark.parametrize(
+    ("argv_extra", "message"),
+    [
+        (["--ip", "not-an-ip"], "is not an IP address"),
+        (["--ca-sha256", "ab"], "add --tls"),
+    ],
+)
+async def test_join_refuses_bad_flags(client, tmp_path, capsys, argv_extra, message):
+    server = str(client.make_url("")).rstrip("/")
+    token = await new_cluster(client)
+    argv = join_argv(server, token, "a", IPS[0], tmp_path / "a") + argv_extra
+    assert await asyncio.to_thread(main, argv) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_join_retries_then_gives_up_on_an_unreachable_server(tmp_path, capsys):
+    argv = join_argv(f"http://127.0.0.1:{free_port()}", "ab" * 16, "a", IPS[0], tmp_path / "a")
+    argv[argv.index("--timeout") + 1] = "2s"
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "gave up: cannot reach" in err and "Traceback" not in err
+
+
+async def test_status_exit_codes(client, capsys):
+    token = await new_cluster(client, "size=2")
+    url = f"{str(client.make_url('')).rstrip('/')}/{token}"
+    assert await asyncio.to_thread(main, ["status", url]) == 1
+    assert "incomplete: 0 of 2" in capsys.readouterr().err
+    for i, name in enumerate(("a", "b")):
+        body = {"peer_urls": [f"http://{IPS[i]}:2380"], "client_urls": [f"http://{IPS[i]}:2379"]}
+        await client.put(f"/api/v1/clusters/{token}/members/{name}", json=body)
+    assert (
+        await asyncio.to_thread(
+            main, ["status", token, "--server", url.rsplit("/", 1)[0], "--wait"]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "2 of 2 members" in out and "http://10.0.5.1:2380" in out
+
+
+async def test_status_wait_times_out(client, capsys):
+    token = await new_cluster(client, "size=2")
+    url = f"{str(client.make_url('')).rstrip('/')}/{token}"
+    assert await asyncio.to_thread(main, ["status", url, "--wait", "--timeout", "1s"]) == 1
+    assert "timed out" in capsys.readouterr().err
