@@ -8,7 +8,7 @@ ARGS   ?=
 
 # command:debian-package pairs. Tests: etcd 3.4 (compatibility) and dig. Bench: the load tools
 # and dnsmasq, the DNS anchor.
-TEST_TOOLS  := etcd:etcd-server dig:bind9-dnsutils unshare:util-linux
+TEST_TOOLS  := etcd:etcd-server dig:bind9-dnsutils unshare:util-linux cloud-init:cloud-init
 BENCH_TOOLS := wrk:wrk dnsperf:dnsperf dnsmasq:dnsmasq-base cfssl:golang-cfssl
 
 .PHONY: run test check bench apt-test apt-bench clean

@@ -47,8 +47,8 @@ def load_or_create(path: Path, *, create: bool) -> bytes:
         text = path.read_text()
     except OSError as exc:
         raise ServiceKeyError(f"cannot read the service key {path}: {exc.strerror}") from exc
-    if mode & 0o077:
+    if mode & 0o007:  # group access is how secret volumes share a key with a service account
         raise ServiceKeyError(
-            f"the service key {path} is readable by others (mode {mode:o}): chmod 600"
+            f"the service key {path} is readable by everyone (mode {mode:o}): chmod 600"
         )
     return decode(text)
