@@ -102,7 +102,8 @@ class Authority:
             sealed_key=base64.b64encode(sealed).decode(),
             key_id=self.key_id,
         )
-        stored = await self._store.create_ca(cluster.token, record, cluster.lease)
+        stored, revision = await self._store.create_ca(cluster.token, record, cluster.lease)
+        await self._discovery.caught_up(revision)
         if stored is record:
             self._keys[cluster.token] = key
             logger.info("created a cluster CA", extra={"ca_sha256": x509.fingerprint(cert)})
@@ -128,12 +129,14 @@ class Authority:
                 cause=name,
             )
         issued = await self._issue(cluster, csr.public_key(), name, sans, profile)
-        if not await self._store.enroll(token, issued.record, cluster.lease):
+        revision = await self._store.enroll(token, issued.record, cluster.lease)
+        if revision is None:
             raise Conflict(
                 f"{name} already has a {profile.value} certificate; renew it with "
                 "POST /api/v1/certs/renew, or have an operator revoke it",
                 cause=name,
             )
+        await self._discovery.caught_up(revision)
         return issued
 
     async def renew(self, token: str, cert_pem: str, csr_pem: str) -> Issued:
@@ -154,8 +157,10 @@ class Authority:
         profile = Profile(record.profile)
         sans = _sans_of(current)
         issued = await self._issue(cluster, csr.public_key(), record.name, sans, profile)
-        if not await self._store.renew(token, record.serial, issued.record, cluster.lease):
+        revision = await self._store.renew(token, record.serial, issued.record, cluster.lease)
+        if revision is None:
             raise Conflict("this certificate was renewed already", cause=record.serial)
+        await self._discovery.caught_up(revision)
         return issued
 
     async def _issue(
@@ -191,7 +196,7 @@ class Authority:
             raise Invalid(f"no certificate with serial {serial} in this cluster", cause=serial[:40])
         if record.revoked_at is None:
             record = record.model_copy(update={"revoked_at": time.time()})
-            await self._store.revoke(token, record, cluster.lease)
+            await self._discovery.caught_up(await self._store.revoke(token, record, cluster.lease))
         return record
 
     async def crl_pem(self, token: str) -> str:

@@ -29,8 +29,9 @@ class CertificateStore:
     def __init__(self, gateway: EtcdGateway) -> None:
         self._gateway = gateway
 
-    async def create_ca(self, token: str, record: CaRecord, lease: int) -> CaRecord:
-        """Store `record` as the cluster's CA unless one exists; the CA that is stored."""
+    async def create_ca(self, token: str, record: CaRecord, lease: int) -> tuple[CaRecord, int]:
+        """Store `record` as the cluster's CA unless one exists; the CA that is stored, and a
+        revision at which it is."""
         key = keys.cluster_ca(token)
         txn = {
             "compare": [
@@ -42,15 +43,17 @@ class CertificateStore:
             "failure": [{"request_range": {"key": b64(key)}}],
         }  # fmt: skip
         result = await self._txn(txn, "store a CA")
+        revision = int(result["header"]["revision"])
         if result.get("succeeded"):
-            return record
+            return record, revision
         kvs = result["responses"][0].get("response_range", {}).get("kvs", [])
         if not kvs:
             raise NotFound("Key not found", cause=f"/{token}")
-        return CaRecord.model_validate_json(decode_kv(kvs[0]).value)
+        return CaRecord.model_validate_json(decode_kv(kvs[0]).value), revision
 
-    async def enroll(self, token: str, record: CertRecord, lease: int) -> bool:
-        """Claim the name for the profile and record the certificate; False if claimed."""
+    async def enroll(self, token: str, record: CertRecord, lease: int) -> int | None:
+        """Claim the name for the profile and record the certificate; the revision, or None
+        if the name is claimed already."""
         claim = keys.enrolled(token, record.profile, record.name)
         txn = {
             "compare": [_absent(claim)],
@@ -60,10 +63,13 @@ class CertificateStore:
             ],
             "failure": [],
         }
-        return bool((await self._txn(txn, "record a certificate")).get("succeeded"))
+        return _revision_if_done(await self._txn(txn, "record a certificate"))
 
-    async def renew(self, token: str, old_serial: str, record: CertRecord, lease: int) -> bool:
-        """Move the claim from `old_serial` to the new certificate; False if it moved already."""
+    async def renew(
+        self, token: str, old_serial: str, record: CertRecord, lease: int
+    ) -> int | None:
+        """Move the claim from `old_serial` to the new certificate; the revision, or None if
+        it moved already."""
         claim = keys.enrolled(token, record.profile, record.name)
         txn = {
             "compare": [
@@ -75,9 +81,9 @@ class CertificateStore:
             ],
             "failure": [],
         }
-        return bool((await self._txn(txn, "record a renewal")).get("succeeded"))
+        return _revision_if_done(await self._txn(txn, "record a renewal"))
 
-    async def revoke(self, token: str, record: CertRecord, lease: int) -> None:
+    async def revoke(self, token: str, record: CertRecord, lease: int) -> int:
         """Mark `record` revoked and free its name, so the node can be enrolled again."""
         claim = keys.enrolled(token, record.profile, record.name)
         put = _put(keys.certificate(token, record.serial), record.model_dump_json(), lease)
@@ -92,7 +98,7 @@ class CertificateStore:
             "success": [{"request_delete_range": {"key": b64(claim)}}, put],
             "failure": [put],  # a serial renewed away is still marked revoked
         }
-        await self._txn(txn, "revoke a certificate")
+        return int((await self._txn(txn, "revoke a certificate"))["header"]["revision"])
 
     async def _txn(self, txn: dict[str, Any], what: str) -> dict[str, Any]:
         try:
@@ -101,3 +107,7 @@ class CertificateStore:
             if "lease not found" in exc.detail:
                 raise LeaseGone(exc.detail) from exc
             raise Unavailable(f"etcd refused to {what}: {exc.detail}") from exc
+
+
+def _revision_if_done(result: dict[str, Any]) -> int | None:
+    return int(result["header"]["revision"]) if result.get("succeeded") else None
