@@ -21,8 +21,6 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from cryptography import x509 as cx509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
 from discoverd.certs import policy, x509
 from discoverd.certs.x509 import Profile
@@ -143,7 +141,8 @@ class Authority:
         cluster = await self._discovery.cluster(token)
         _, _, ca_cert = await self._ca(cluster)
         current = x509.load_cert(cert_pem)
-        _verify_issued_by(current, ca_cert)
+        if not x509.issued_by(current, ca_cert):
+            raise Forbidden("this certificate was not issued by this cluster's CA")
         csr = x509.load_csr(csr_pem)
         if x509.spki_sha256(csr.public_key()) != x509.spki_sha256(current.public_key()):
             raise Forbidden("the csr must be signed with the key of the certificate to renew")
@@ -155,7 +154,7 @@ class Authority:
         if record.not_after < time.time():
             raise Forbidden("this certificate has expired; an operator must re-issue it")
         profile = Profile(record.profile)
-        sans = _sans_of(current)
+        sans = x509.cert_sans(current)
         issued = await self._issue(cluster, csr.public_key(), record.name, sans, profile)
         revision = await self._store.renew(token, record.serial, issued.record, cluster.lease)
         if revision is None:
@@ -235,34 +234,3 @@ def _profile(name: str) -> Profile:
         return Profile(name)
     except ValueError:
         raise Invalid("profile must be peer, server or client", cause=str(name)[:16]) from None
-
-
-def _sans_of(cert: cx509.Certificate) -> x509.Sans:
-    try:
-        ext = cert.extensions.get_extension_for_class(cx509.SubjectAlternativeName).value
-    except cx509.ExtensionNotFound:
-        return x509.Sans()
-    dns = tuple(ext.get_values_for_type(cx509.DNSName))
-    ips = tuple(ext.get_values_for_type(cx509.IPAddress))
-    return x509.Sans(dns, ips)  # type: ignore[arg-type]
-
-
-def _verify_issued_by(cert: cx509.Certificate, ca: cx509.Certificate) -> None:
-    public = ca.public_key()
-    try:
-        if cert.issuer != ca.subject:
-            raise InvalidSignature
-        if isinstance(public, ec.EllipticCurvePublicKey):
-            algorithm = cert.signature_hash_algorithm
-            assert algorithm is not None
-            public.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(algorithm))
-        elif isinstance(public, rsa.RSAPublicKey):
-            algorithm = cert.signature_hash_algorithm
-            assert algorithm is not None
-            public.verify(cert.signature, cert.tbs_certificate_bytes, padding.PKCS1v15(), algorithm)
-        elif isinstance(public, ed25519.Ed25519PublicKey):
-            public.verify(cert.signature, cert.tbs_certificate_bytes)
-        else:
-            raise InvalidSignature
-    except InvalidSignature:
-        raise Forbidden("this certificate was not issued by this cluster's CA") from None

@@ -11,8 +11,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from cryptography import x509 as cx509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from discoverd.certs import x509
@@ -102,18 +101,7 @@ def _chain(cert: cx509.Certificate, ca: cx509.Certificate | None) -> list[Findin
         return []
     if cert.issuer != ca.subject:
         return [Finding("error", "not issued by this CA (the issuer name differs)")]
-    public = ca.public_key()
-    try:
-        algorithm = cert.signature_hash_algorithm
-        if isinstance(public, ec.EllipticCurvePublicKey) and algorithm is not None:
-            public.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(algorithm))
-        elif isinstance(public, rsa.RSAPublicKey) and algorithm is not None:
-            public.verify(cert.signature, cert.tbs_certificate_bytes, padding.PKCS1v15(), algorithm)
-        elif isinstance(public, ed25519.Ed25519PublicKey):
-            public.verify(cert.signature, cert.tbs_certificate_bytes)
-        else:
-            raise InvalidSignature
-    except InvalidSignature:
+    if not x509.issued_by(cert, ca):
         return [
             Finding(
                 "error",

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from cryptography import x509
-from cryptography.exceptions import InvalidTag
+from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -239,6 +239,24 @@ def key_pem(key: PrivateKey) -> str:
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     ).decode()
+
+
+def issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
+    """Whether `ca` signed `cert` (issuer name and signature)."""
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def cert_sans(cert: x509.Certificate) -> Sans:
+    try:
+        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return Sans()
+    ips = tuple(ext.get_values_for_type(x509.IPAddress))
+    return Sans(tuple(ext.get_values_for_type(x509.DNSName)), ips)  # type: ignore[arg-type]
 
 
 def load_cert(text: str) -> x509.Certificate:

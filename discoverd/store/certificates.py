@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from discoverd.errors import NotFound, Unavailable
+from discoverd.errors import NotFound
 from discoverd.models import CaRecord, CertRecord
 from discoverd.store import keys
-from discoverd.store.clusters import LeaseGone
-from discoverd.store.gateway import EtcdGateway, EtcdRejected, b64, decode_kv
+from discoverd.store.clusters import checked_txn
+from discoverd.store.gateway import EtcdGateway, b64, decode_kv
 
 
 def _absent(key: str) -> dict[str, Any]:
@@ -101,12 +101,7 @@ class CertificateStore:
         return int((await self._txn(txn, "revoke a certificate"))["header"]["revision"])
 
     async def _txn(self, txn: dict[str, Any], what: str) -> dict[str, Any]:
-        try:
-            return await self._gateway.txn(txn)
-        except EtcdRejected as exc:
-            if "lease not found" in exc.detail:
-                raise LeaseGone(exc.detail) from exc
-            raise Unavailable(f"etcd refused to {what}: {exc.detail}") from exc
+        return await checked_txn(self._gateway, txn, what)
 
 
 def _revision_if_done(result: dict[str, Any]) -> int | None:

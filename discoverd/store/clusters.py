@@ -116,12 +116,7 @@ class ClusterStore:
         return int(result["header"]["revision"]) if result.get("succeeded") else None
 
     async def _txn(self, txn: dict[str, Any], what: str) -> dict[str, Any]:
-        try:
-            return await self._gateway.txn(txn)
-        except EtcdRejected as exc:
-            if "lease not found" in exc.detail:
-                raise LeaseGone(exc.detail) from exc
-            raise Unavailable(f"etcd refused to {what}: {exc.detail}") from exc
+        return await checked_txn(self._gateway, txn, what)
 
     async def register_v2(self, token: str, member_id: str, value: str, lease: int) -> Registration:
         """Create `v2/<member_id>` under an existing token, attached to the token's lease."""
@@ -178,3 +173,13 @@ class ClusterStore:
 
 def _range_kvs(response: dict[str, Any]) -> list[KeyValue]:
     return [decode_kv(item) for item in response.get("response_range", {}).get("kvs", [])]
+
+
+async def checked_txn(gateway: EtcdGateway, txn: dict[str, Any], what: str) -> dict[str, Any]:
+    """Run a transaction; etcd's refusals become LeaseGone (the lease expired) or Unavailable."""
+    try:
+        return await gateway.txn(txn)
+    except EtcdRejected as exc:
+        if "lease not found" in exc.detail:
+            raise LeaseGone(exc.detail) from exc
+        raise Unavailable(f"etcd refused to {what}: {exc.detail}") from exc
