@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/discoverd serve $(ARGS)
+	$(BIN)/discoverd serve --log-format text $(ARGS)
 
 define apt_install
 	@missing=""; for pair in $(1); do \
