@@ -49,6 +49,12 @@ async def _run_wrk(wrk: str, load: Load, scratch: Path) -> LoadResult:
         script.write_text(_POST_SCRIPT)
         command += ["-s", str(script)]
     command.append(load.url)
+    return parse_wrk(await wrk_output(command, load.duration), load, command)
+
+
+async def wrk_output(command: list[str], duration: float) -> str:
+    """The report of one wrk `command` (anything its Lua script printed included); wrk is
+    killed by pid if it runs WRK_GRACE seconds past `duration`, and must exit with 0."""
     process = await asyncio.create_subprocess_exec(
         *command,
         stdout=asyncio.subprocess.PIPE,
@@ -56,7 +62,7 @@ async def _run_wrk(wrk: str, load: Load, scratch: Path) -> LoadResult:
         preexec_fn=die_with_parent,
     )
     try:
-        output, _ = await asyncio.wait_for(process.communicate(), load.duration + WRK_GRACE)
+        output, _ = await asyncio.wait_for(process.communicate(), duration + WRK_GRACE)
     finally:
         if process.returncode is None:
             process.kill()
@@ -64,7 +70,7 @@ async def _run_wrk(wrk: str, load: Load, scratch: Path) -> LoadResult:
     text = output.decode(errors="replace")
     if process.returncode != 0:
         raise RuntimeError(f"wrk exited with {process.returncode}: {text[-500:]}")
-    return parse_wrk(text, load, command)
+    return text
 
 
 def parse_wrk(text: str, load: Load, command: list[str]) -> LoadResult:

@@ -1,11 +1,16 @@
 """The fallback load generator when wrk is not installed: `connections` closed-loop aiohttp
 workers in this process for `duration` seconds. It is far slower per request than wrk, so its
-numbers are a floor for discoverd, not a like-for-like comparison with the wrk anchors."""
+numbers are a floor for discoverd, not a like-for-like comparison with the wrk anchors.
+
+With `bodies`, the requests send them in order, each once per cycle through the list (the
+certificate phase's unique enrollments, bench.signing), with `headers`."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
+from collections.abc import Mapping, Sequence
 
 import aiohttp
 
@@ -15,8 +20,11 @@ from bench.stats import percentile
 REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=10)
 
 
-async def run(load: Load) -> LoadResult:
+async def run(
+    load: Load, bodies: Sequence[bytes] = (), headers: Mapping[str, str] | None = None
+) -> LoadResult:
     latencies: list[float] = []
+    cycle = itertools.cycle(bodies) if bodies else None
     counts = {"non_2xx": 0, "errors": 0}
     connector = aiohttp.TCPConnector(limit=load.connections)
     started = time.perf_counter()
@@ -27,7 +35,10 @@ async def run(load: Load) -> LoadResult:
             while time.perf_counter() < deadline:
                 sent = time.perf_counter()
                 try:
-                    async with session.request(load.method, load.url) as response:
+                    body = next(cycle) if cycle is not None else None
+                    async with session.request(
+                        load.method, load.url, data=body, headers=headers
+                    ) as response:
                         await response.read()
                         if not 200 <= response.status < 400:
                             counts["non_2xx"] += 1

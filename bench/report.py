@@ -4,6 +4,8 @@ and the Markdown table (metric | discoverd | anchor | target) printed to stdout.
 The HTTP anchors were measured by the issue's author on this 2-core machine with
 `wrk -t2 -c32`, service and etcd on the same box, against the Go etcd-io/discoveryserver. The DNS
 anchor is dnsmasq serving the same records, measured by dnsperf in the same run (bench.dnsload).
+The CSR signing anchor is `cfssl serve` (Debian's golang-cfssl 1.2.0) signing the same P-256 CSR
+under the same wrk load in the same run (bench.signing).
 """
 
 from __future__ import annotations
@@ -29,6 +31,11 @@ DNS_TARGET_RATIO = 0.5  # discoverd's DNS QPS target: half of dnsmasq's, measure
 # DNS load name -> row label
 DNS_LOADS = {"srv": "DNS SRV", "a": "DNS A"}
 DNS_QPS_LABELS = {"srv": "DNS SRV qps (3 SRV + 3 A glue)", "a": "DNS A qps"}
+
+CERTS_TARGET_RATIO = 1.0  # discoverd's signings/s target: cfssl's, measured in the same run
+CERTS_LABEL = "CSR signings/s (POST /api/v1/certs, P-256, peer)"
+CERTS_ANCHOR = "cfssl serve /api/v1/cfssl/sign"
+PROFILE_ROWS = 4  # innermost discoverd functions shown in the table
 
 # load name -> (anchor text, target req/s)
 THROUGHPUT = {
@@ -156,7 +163,77 @@ def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
             rows.append(_row(f"{name}: failed", results[name]["error"][:60], "", "", met=False))
     if "dns" in results:
         rows.extend(dns_verdicts(results["dns"]))
+    if "certs" in results:
+        rows.extend(certs_verdicts(results["certs"]))
     return rows
+
+
+def certs_verdicts(certs: dict[str, Any]) -> list[dict[str, Any]]:
+    """discoverd's signings per second against cfssl serve's, then latency and CPU per signing,
+    then where discoverd's time went when it was profiled."""
+    ours, anchor = certs.get("discoverd", {}), certs.get("cfssl", {})
+    mine, base = ours.get("signings_per_s"), anchor.get("signings_per_s")
+    ratio = f"{CERTS_TARGET_RATIO:g}{TIMES} cfssl"
+    target = f"≥ {CERTS_TARGET_RATIO * base:,.0f} ({ratio})" if base else f"≥ {ratio}"
+    if mine is not None:
+        value = f"{mine:,.0f}" + (f" ({mine / base:.2f}{TIMES} cfssl)" if base else "")
+        met = mine >= CERTS_TARGET_RATIO * base if base else None
+    else:
+        value, met = _certs_missing(ours), None if "skipped" in ours else False
+    anchor_text = f"{base:,.0f} ({CERTS_ANCHOR}, same run)" if base else _certs_missing(anchor)
+    rows = [_row(CERTS_LABEL, value, anchor_text, target, met=met)]
+    if mine is not None or base:
+        rows.append(
+            _row(
+                "CSR signing p50 / p99 · CPU per signing (cores busy; wrk's CPU)",
+                _certs_detail(ours, ("discoverd", "etcd")),
+                _certs_detail(anchor, ("cfssl",)),
+                "—",
+                met=None,
+            )
+        )
+    profile = certs.get("profile")
+    if profile is not None:
+        rows.append(_profile_row(profile))
+    return rows
+
+
+def _certs_missing(side: dict[str, Any]) -> str:
+    if "skipped" in side:
+        return f"skipped: {side['skipped']}"
+    if not side:
+        return "not run"
+    return f"failed: {str(side.get('error', 'no result'))[:100]}"
+
+
+def _certs_detail(side: dict[str, Any], servers: tuple[str, ...]) -> str:
+    if "signings_per_s" not in side:
+        return _certs_missing(side)
+    per, cores = side.get("cpu_us_per_signing", {}), side.get("cores_busy", {})
+    cpu = side["load_cpu_s"]
+    spent = " + ".join(
+        f"{name} {per.get(name, 0):,.0f} µs ({cores.get(name, 0):.2f} cores)" for name in servers
+    )
+    tool = cpu.get("load_generator")
+    text = f"{side['p50_ms']:.1f} / {side['p99_ms']:.1f} ms · {spent}"
+    if tool is not None:
+        text += f" (wrk {tool:.1f} s in {side['duration_s']:g} s)"
+    if side["socket_errors"]:
+        text += f" · {side['socket_errors']} socket errors"
+    return text
+
+
+def _profile_row(profile: dict[str, Any]) -> dict[str, Any]:
+    label = "discoverd profile (py-spy --gil): innermost discoverd function"
+    if "by_innermost_discoverd_function" not in profile:
+        return _row(label, _certs_missing(profile), "—", "—", met=None)
+    top = profile["by_innermost_discoverd_function"][:PROFILE_ROWS]
+    shown = " · ".join(f"{row['what'].split(' (')[0]} {row['pct']:.0f}%" for row in top)
+    threads = " · ".join(
+        f"{row['what'].split(' (')[0]} {row['pct']:.0f}%" for row in profile.get("by_thread", [])
+    )
+    value = f"{shown} (of {profile['samples']:,} GIL samples; by thread: {threads})"
+    return _row(label, value, "—", "—", met=None)
 
 
 def dns_verdicts(dns: dict[str, Any]) -> list[dict[str, Any]]:

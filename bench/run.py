@@ -1,7 +1,8 @@
 """`python -m bench [--quick]`: start etcd and one discoverd, measure, stop both, report.
 
 Phases, in this order (each one's failure is recorded and the next one still runs; `--dns-only`
-runs only 7 and 8, `--skip-dns` all but them):
+runs only 7 and 8, `--skip-dns` all but them; `--certs-only` only 9 to 11, `--skip-certs` all
+but them):
   1. seed      a size-3 token with 3 real v2 registrations, so reads return real data
   2. reads     wrk on GET /<token>/_config/size and GET /<token> (after a 2 s warm-up)
   3. wake      register->wake latency of a long-poll
@@ -12,6 +13,12 @@ runs only 7 and 8, `--skip-dns` all but them):
   7. dns       dnsperf on discoverd's DNS responder: SRV (3 SRV + 3 A glue) and A of a fresh
                size-3 token, 3 runs of --duration each (bench.dnsload)
   8. dnsmasq   the same records and loads on dnsmasq, the anchor, started and stopped here
+  9. certs     wrk on POST /api/v1/certs: unique peer enrollments of one P-256 CSR over
+               tokens of size 999 (bench.signing)
+ 10. cfssl     wrk on `cfssl serve` POST /api/v1/cfssl/sign with the same CSR, the anchor,
+               started and stopped here
+ 11. profile   only when discoverd signed fewer per second than cfssl: py-spy on discoverd
+               during one more, unscored, enrollment load
 
 Every phase also records the CPU seconds discoverd and etcd used during it.
 """
@@ -33,7 +40,7 @@ from typing import Any
 
 import aiohttp
 
-from bench import client, dnsload, load, report, servers, waits, wake
+from bench import client, dnsload, load, report, servers, signing, waits, wake
 from bench.loadspec import Load
 
 FD_MARGIN = 256
@@ -56,11 +63,32 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="only the DNS phases: discoverd, then dnsmasq, under dnsperf",
     )
+    certs = top.add_mutually_exclusive_group()
+    certs.add_argument(
+        "--skip-certs", action="store_true", help="skip the CSR signing phases (cfssl)"
+    )
+    certs.add_argument(
+        "--certs-only",
+        action="store_true",
+        help="only the CSR signing phases: discoverd, then cfssl serve, under wrk",
+    )
     return top
+
+
+def _plan(args: argparse.Namespace) -> tuple[bool, bool, bool]:
+    """Whether the HTTP, DNS and certificate phases run."""
+    if args.dns_only and args.certs_only:
+        parser().error("--dns-only and --certs-only exclude each other")
+    only = args.dns_only or args.certs_only
+    http = not only
+    dns = not args.skip_dns and not args.certs_only
+    certs = not args.skip_certs and not args.dns_only
+    return http, dns, certs
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    http, dns, certs = _plan(args)
     duration = args.duration or (3.0 if args.quick else 10.0)
     iterations = args.iterations or (10 if args.quick else 20)
     soft, _ = servers.raise_nofile()  # before any child starts: they inherit it
@@ -76,8 +104,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "nofile_limit": soft,
         "throughput": {},
     }
-    if not args.skip_dns:
+    if dns:
         results["dns"] = _dns_plan(duration)
+    if certs:
+        results["certs"] = signing.plan(duration)
     if results["machine"]["loadavg_at_start"][0] > BUSY_LOADAVG:
         _say(f"note: load average {results['machine']['loadavg_at_start'][0]}: numbers will be low")
     if load.wrk_path() is None:
@@ -95,8 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "nofile_limit": stack.server_limits(),
             }
             phases = _Phases(stack, Path(scratch), duration, iterations, count, results)
-            phases.http = not args.dns_only
-            phases.dns = not args.skip_dns
+            phases.http, phases.dns, phases.certs = http, dns, certs
             with asyncio.Runner(loop_factory=_loop_factory()) as runner:
                 runner.run(phases.all())
         except (KeyboardInterrupt, asyncio.CancelledError):
@@ -140,6 +169,7 @@ class _Phases:
         self.results = results
         self.http = True
         self.dns = True
+        self.certs = True
 
     async def all(self) -> None:
         task = asyncio.current_task()
@@ -149,6 +179,8 @@ class _Phases:
             await self._http()
         if self.dns:
             await self._dns()
+        if self.certs:
+            await self._certs()
         async with aiohttp.ClientSession() as session:
             samples = await client.metrics(session, self.base)
         self.results["server"]["requests"] = client.status_counts(samples)
@@ -186,6 +218,44 @@ class _Phases:
             plan[name] = found = await self._run(f"DNS on {name} ({each})", body)
             if "skipped" in found:
                 _say(f"  skipped: {found['skipped']}")
+
+    async def _certs(self) -> None:
+        """discoverd's enrollments, then cfssl serve's signings, under wrk; then py-spy on
+        discoverd if it signed fewer per second than cfssl."""
+        plan, duration = self.results["certs"], self.duration
+
+        async def discoverd() -> dict[str, Any]:
+            return await signing.discoverd_side(self.stack, self.scratch, duration, _say)
+
+        async def cfssl() -> dict[str, Any]:
+            return await signing.cfssl_side(self.scratch, duration, _say)
+
+        tool = "wrk -t2 -c32" if load.wrk_path() else "aiohttp fallback, 32 connections"
+        what = f"for {duration:g} s, {tool}"
+        plan["discoverd"] = await self._run(f"CSR signings on discoverd ({what})", discoverd)
+        plan["cfssl"] = found = await self._run(f"CSR signings on cfssl serve ({what})", cfssl)
+        if "skipped" in found:
+            _say(f"  skipped: {found['skipped']}")
+        ours = plan["discoverd"].get("signings_per_s")
+        anchor = plan["cfssl"].get("signings_per_s")
+        if ours is None or not anchor or ours >= anchor:
+            return
+
+        async def profile() -> dict[str, Any]:
+            return await signing.profile_discoverd(self.stack, self.scratch, duration, ours, _say)
+
+        ratio = ours / anchor
+        plan["profile"] = found = await self._run(
+            f"discoverd signs {ratio:.2f}{report.TIMES} cfssl: profiling it (py-spy, unscored)",
+            profile,
+        )
+        if "skipped" in found:
+            _say(f"  skipped: {found['skipped']}")
+        for row in found.get("by_thread", []):
+            _say(f"    {row['pct']:5.1f}%  {row['what']}")
+        _say("  by innermost discoverd function:")
+        for row in found.get("by_innermost_discoverd_function", [])[:6]:
+            _say(f"    {row['pct']:5.1f}%  {row['what']}")
 
     async def _seed(self) -> str:
         async with aiohttp.ClientSession() as session:
@@ -286,8 +356,10 @@ def _machine_line(results: dict[str, Any]) -> str:
     m = results["machine"]
     v = results.get("versions", {})
     dnsperf = results.get("dns", {}).get("dnsperf", {}).get("version")
+    cfssl = results.get("certs", {}).get("cfssl", {}).get("version")
     return (
         f"{m['nproc']} CPUs ({m['cpu_model']}), discoverd {v.get('discoverd', '?')}, "
         f"etcd {v.get('etcd', '?')}, {results['load_tool']}"
         + (f", dnsperf {dnsperf}" if dnsperf else "")
+        + (f", cfssl {cfssl}" if cfssl else "")
     )

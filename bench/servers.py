@@ -25,6 +25,7 @@ from typing import Any
 from discoverd.store.embedded import EmbeddedEtcd, EmbeddedEtcdError, free_port
 
 DNS_ZONE = "etcd.internal"
+MAX_SIZE = 999  # --max-size: the largest token discoverd accepts (its own limit)
 PORT_ATTEMPTS = 50
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
@@ -112,7 +113,10 @@ class Stack:
             "--wait-timeout",
             self.wait_timeout,
         ]
-        if "--dns-listen" in serve_flags():  # never the default port another instance may hold
+        flags = serve_flags()
+        if "--max-size" in flags:  # the certificate phase enrolls up to 999 names per token
+            self.command += ["--max-size", str(MAX_SIZE)]
+        if "--dns-listen" in flags:  # never the default port another instance may hold
             self.dns_port = free_dns_port()
             self.command += ["--dns-listen", f"127.0.0.1:{self.dns_port}"]
             self.command += ["--dns-zone", self.dns_zone]

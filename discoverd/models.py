@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -125,9 +126,9 @@ class Cluster:
     api_members: tuple[ApiMember, ...] = field(default=())
     ca: CaRecord | None = None
     certs: tuple[CertRecord, ...] = field(default=())
-    # Rendered responses of this (immutable) cluster, filled by the read path. Not an init
+    # Values derived from this (immutable) cluster: rendered responses, name sets. Not an init
     # field: `replace()` gives every changed cluster a fresh, empty memo.
-    rendered: dict[str, bytes] = field(default_factory=dict, init=False, compare=False, repr=False)
+    memo: dict[str, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def member(self, member_id: str) -> Member | None:
         for member in self.members:
@@ -151,8 +152,22 @@ class Cluster:
         return replace(self, api_members=tuple(m for m in self.api_members if m.name != name))
 
     def with_cert(self, record: CertRecord) -> Cluster:
+        if not self.certs or (
+            record.issued_at >= self.certs[-1].issued_at and self.cert(record.serial) is None
+        ):
+            return replace(self, certs=(*self.certs, record))  # the common case: a new one
         kept = tuple(c for c in self.certs if c.serial != record.serial)
         return replace(self, certs=tuple(sorted((*kept, record), key=lambda c: c.issued_at)))
+
+    def cert_names(self, profile: str) -> frozenset[str]:
+        """Names holding a live (not revoked) certificate of `profile`."""
+        key = f"cert-names/{profile}"
+        if key not in self.memo:
+            self.memo[key] = frozenset(
+                c.name for c in self.certs if c.profile == profile and c.revoked_at is None
+            )
+        names: frozenset[str] = self.memo[key]
+        return names
 
     def cert(self, serial: str) -> CertRecord | None:
         return next((c for c in self.certs if c.serial == serial), None)

@@ -56,7 +56,8 @@ class Authority:
         self.key_id = hashlib.sha256(b"discoverd-service-key" + service_key).hexdigest()[:16]
         self._zone = zone
         self._lifetime = dt.timedelta(seconds=cert_ttl)
-        self._keys: OrderedDict[str, x509.PrivateKey] = OrderedDict()
+        # token -> (key, CA PEM, parsed CA): the hot path parses nothing
+        self._cas: OrderedDict[str, tuple[x509.PrivateKey, str, cx509.Certificate]] = OrderedDict()
         self._crls: dict[str, tuple[tuple[str, ...], cx509.CertificateRevocationList]] = {}
         self._ca_lock = asyncio.Lock()
 
@@ -67,27 +68,33 @@ class Authority:
         return (await self._ca(cluster))[1]
 
     async def _ca(self, cluster: Cluster) -> tuple[x509.PrivateKey, str, cx509.Certificate]:
+        """The cluster's CA key, PEM and certificate (made on first use; cached per token)."""
         record = cluster.ca
         if record is None:
             async with self._ca_lock:
                 record = cluster.ca or await self._create_ca(cluster)
-        cert = x509.load_cert(record.certificate)
-        key = self._keys.get(cluster.token)
-        if key is None:
-            if record.key_id != self.key_id:
-                raise Unavailable(
-                    "this replica's service key cannot open the cluster's CA key: every replica "
-                    "must share one --service-key-file"
-                )
-            try:
-                blob = base64.b64decode(record.sealed_key)
-                key = await asyncio.to_thread(x509.unseal, blob, self._service_key, cluster.token)
-            except x509.SealError as exc:
-                raise Unavailable(str(exc)) from exc
-            self._keys[cluster.token] = key
-            while len(self._keys) > KEY_CACHE:
-                self._keys.popitem(last=False)
-        return key, record.certificate, cert
+        cached = self._cas.get(cluster.token)
+        if cached is not None and cached[1] == record.certificate:
+            return cached
+        if record.key_id != self.key_id:
+            raise Unavailable(
+                "this replica's service key cannot open the cluster's CA key: every replica "
+                "must share one --service-key-file"
+            )
+        try:
+            blob = base64.b64decode(record.sealed_key)
+            key = await asyncio.to_thread(x509.unseal, blob, self._service_key, cluster.token)
+        except x509.SealError as exc:
+            raise Unavailable(str(exc)) from exc
+        return self._remember(cluster.token, key, record.certificate)
+
+    def _remember(
+        self, token: str, key: x509.PrivateKey, pem: str
+    ) -> tuple[x509.PrivateKey, str, cx509.Certificate]:
+        entry = self._cas[token] = (key, pem, x509.load_cert(pem))
+        while len(self._cas) > KEY_CACHE:
+            self._cas.popitem(last=False)
+        return entry
 
     async def _create_ca(self, cluster: Cluster) -> CaRecord:
         # The token is a secret and CA certificates are shown to anyone who connects to a
@@ -103,7 +110,7 @@ class Authority:
         stored, revision = await self._store.create_ca(cluster.token, record, cluster.lease)
         await self._discovery.caught_up(revision)
         if stored is record:
-            self._keys[cluster.token] = key
+            self._remember(cluster.token, key, record.certificate)
             logger.info("created a cluster CA", extra={"ca_sha256": x509.fingerprint(cert)})
         return stored
 
@@ -115,7 +122,7 @@ class Authority:
         csr = x509.load_csr(csr_pem)
         cluster = await self._discovery.cluster(token)
         sans = policy.leaf_sans(profile, x509.csr_sans(csr), self._policy(cluster))
-        names = {c.name for c in cluster.certs if c.profile == profile.value and not c.revoked_at}
+        names = cluster.cert_names(profile.value)
         limit = cluster.config.size
         if profile is Profile.CLIENT and cluster.config.clients is not None:
             limit = cluster.config.clients

@@ -83,9 +83,9 @@ async def token_route(request: web.Request) -> web.StreamResponse:
 async def _get(request: web.Request, path: TokenPath) -> web.Response:
     cluster = await request.app[appkeys.DISCOVERY].cluster(path.token)
     memo = f"{path.target.value}/{path.member_id}"
-    body = cluster.rendered.get(memo)
+    body = cluster.memo.get(memo)
     if body is None:
-        body = cluster.rendered[memo] = protocol.render("get", _node(cluster, path))
+        body = cluster.memo[memo] = protocol.render("get", _node(cluster, path))
     return _respond(request, body)
 
 
