@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -222,6 +223,8 @@ def render_env(request: JoinRequest, cluster: dict[str, Any], out: Path) -> str:
         "ETCD_ADVERTISE_CLIENT_URLS": request.url(request.client_port),
         "ETCD_DISCOVERY_FALLBACK": "exit",
     }
+    if platform.machine() in ("aarch64", "arm64"):
+        env["ETCD_UNSUPPORTED_ARCH"] = "arm64"  # etcd 3.4 refuses to start on arm64 without it
     if request.mode == "discovery":
         env["ETCD_DISCOVERY"] = cluster["discovery_url"]
     else:

@@ -55,4 +55,4 @@ async def test_new_prints_what_the_nodes_need(client, capsys):
     view = await (await client.get(f"/api/v1/clusters/{token}")).json()
     assert f"CA sha256:     {view['ca_sha256']}" in out
     assert f"DNS domain:    {token}.etcd.internal, web" in out
-    assert "#cloud-config" in out and f"DISCOVERD_TOKEN={token}" in out
+    assert "DISCOVERD_PIP_SPEC=discoverd==" in out and f"DISCOVERD_TOKEN={token}" in out

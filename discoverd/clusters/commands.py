@@ -16,11 +16,11 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from discoverd import __version__
 from discoverd.api_client import ApiClient, ApiError, split_url
 
 SNIPPET = """\
-#cloud-config
-# The same user-data for every member: see deploy/cloud-init/etcd-member.yaml
+# The /etc/discoverd/join.conf of deploy/cloud-init/etcd-member.yaml, filled in:
 write_files:
   - path: /etc/discoverd/join.conf
     permissions: "0600"
@@ -29,7 +29,7 @@ write_files:
       DISCOVERD_TOKEN={token}
       DISCOVERD_CA_SHA256={ca_sha256}
       DISCOVERD_MODE=discovery
-      DISCOVERD_TLS=1
+      DISCOVERD_PIP_SPEC=discoverd=={version}
 """
 
 
@@ -62,7 +62,10 @@ def new(
     print(f"CA sha256:     {cluster['ca_sha256']}")
     print(f"expires:       {cluster['expires_at']}")
     print()
-    print(SNIPPET.format(server=server.rstrip("/"), token=token, ca_sha256=cluster["ca_sha256"]))
+    snippet = SNIPPET.format(
+        server=server.rstrip("/"), token=token, ca_sha256=cluster["ca_sha256"], version=__version__
+    )
+    print(snippet)
     return 0
 
 

@@ -116,3 +116,15 @@ def test_dockerfile_is_small_non_root_and_healthchecked():
     assert 'ENTRYPOINT ["discoverd"]' in text
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert ".venv" in ignored and ".git" in ignored
+
+
+def test_the_snippet_of_discoverd_new_fills_the_shipped_join_conf():
+    import re
+
+    from discoverd.clusters.commands import SNIPPET
+
+    data = yaml.safe_load((DEPLOY / "cloud-init/etcd-member.yaml").read_text())
+    conf = next(f for f in data["write_files"] if f["path"] == "/etc/discoverd/join.conf")
+    shipped = re.findall(r"^(\w+)=", conf["content"], re.M)
+    printed = re.findall(r"^\s*(\w+)=", SNIPPET, re.M)
+    assert printed == shipped
