@@ -15,19 +15,17 @@ load fails loudly when it is not there. A load reports the median run's QPS, the
 latency, queries lost, the request and response sizes, and the server's CPU per query.
 
 dnsperf or dnsmasq missing: that part is skipped and says so (`make bench` installs both with
-apt when root). Only loopback; dnsmasq and every dnsperf are stopped by pid.
+apt when root). Only loopback; dnsmasq and every dnsperf are stopped by pid (bench.process).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import pwd
 import re
 import resource
 import shutil
-import signal
 import statistics
 import subprocess
 import time
@@ -43,7 +41,7 @@ import dns.message
 import dns.rdatatype
 
 from bench import client, servers
-from bench.servers import die_with_parent
+from bench.process import ManagedProcess, run_output
 
 RUNS = 3
 DNSPERF_CLIENTS = 1  # -c: one UDP socket, as one resolver would use
@@ -53,7 +51,6 @@ DNSPERF_GRACE = 30.0  # dnsperf gets its duration plus this before it is killed
 CHECK_TIMEOUT = 15.0  # the zone follows the registry through the etcd watch: poll, bounded
 QUERY_TIMEOUT = 1.0
 POLL_INTERVAL = 0.05
-STOP_TIMEOUT = 10.0
 MEMBERS = 3
 DNSMASQ_DOMAIN = "example.test"
 TARGET_RATIO = 0.5  # discoverd's target: at least half of dnsmasq's QPS
@@ -175,22 +172,9 @@ async def run_dnsperf(dnsperf: str, load: DnsLoad, scratch: Path, server_pid: in
     command = _dnsperf_command(dnsperf, load, data)
     user_before, sys_before = servers.cpu_seconds(server_pid)
     children_before = _children_cpu()
-    process = await asyncio.create_subprocess_exec(
-        *command,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        preexec_fn=die_with_parent,
+    text = await run_output(
+        command, load.duration + DNSPERF_GRACE, stdin=asyncio.subprocess.DEVNULL
     )
-    try:
-        output, _ = await asyncio.wait_for(process.communicate(), load.duration + DNSPERF_GRACE)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    text = output.decode(errors="replace")
-    if process.returncode != 0:
-        raise RuntimeError(f"dnsperf exited with {process.returncode}: {text[-500:]}")
     found = parse_dnsperf(text)
     user_after, sys_after = servers.cpu_seconds(server_pid)
     found.server_cpu_s = round(user_after + sys_after - user_before - sys_before, 2)
@@ -395,22 +379,16 @@ async def dnsmasq_side(
     }
 
 
-class Dnsmasq:
+class Dnsmasq(ManagedProcess):
     """dnsmasq in the foreground on 127.0.0.1:<free port>, with only the bench's records."""
 
+    name = "dnsmasq"  # stopped within process.STOP_TIMEOUT (10 s)
+
     def __init__(self, binary: str, folder: Path) -> None:
+        super().__init__(folder / "dnsmasq.log")
         self.binary = binary
         self.folder = folder
         self.port = 0
-        self.command: list[str] = []
-        self.process: subprocess.Popen[bytes] | None = None
-        self.log_path = folder / "dnsmasq.log"
-
-    @property
-    def pid(self) -> int:
-        if self.process is None:
-            raise RuntimeError("dnsmasq is not running")
-        return self.process.pid
 
     def config(self) -> str:
         lines = []
@@ -439,33 +417,7 @@ class Dnsmasq:
             # PR_SET_PDEATHSIG (and a non-root dnsmasq changes no user anyway)
             f"--user={pwd.getpwuid(os.geteuid()).pw_name}",
         ]
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                self.command,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                preexec_fn=die_with_parent,  # noqa: PLW1509 - only prctl, no locks taken
-            )
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def stop(self) -> None:
-        process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(STOP_TIMEOUT)
-
-    def log_tail(self, lines: int = 6) -> list[str]:
-        with contextlib.suppress(OSError):
-            return self.log_path.read_text(errors="replace").splitlines()[-lines:]
-        return []
+        self.launch()
 
 
 def dnsperf_info() -> dict[str, Any]:

@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 import shutil
 from pathlib import Path
 
 from bench import loadgen
 from bench.loadspec import Load, LoadResult
-from bench.servers import die_with_parent
+from bench.process import run_output
 
 WRK_GRACE = 30.0  # wrk gets its duration plus this before it is killed
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
@@ -55,22 +54,7 @@ async def _run_wrk(wrk: str, load: Load, scratch: Path) -> LoadResult:
 async def wrk_output(command: list[str], duration: float) -> str:
     """The report of one wrk `command` (anything its Lua script printed included); wrk is
     killed by pid if it runs WRK_GRACE seconds past `duration`, and must exit with 0."""
-    process = await asyncio.create_subprocess_exec(
-        *command,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        preexec_fn=die_with_parent,
-    )
-    try:
-        output, _ = await asyncio.wait_for(process.communicate(), duration + WRK_GRACE)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    text = output.decode(errors="replace")
-    if process.returncode != 0:
-        raise RuntimeError(f"wrk exited with {process.returncode}: {text[-500:]}")
-    return text
+    return await run_output(command, duration + WRK_GRACE)
 
 
 def parse_wrk(text: str, load: Load, command: list[str]) -> LoadResult:

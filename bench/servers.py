@@ -1,18 +1,17 @@
 """The processes a bench run owns: one embedded etcd and one `discoverd serve`, on loopback.
 
 Both are started here and polled until ready (never slept on), and `Stack.stop` ends both by
-pid. The children inherit the bench's raised RLIMIT_NOFILE (see `raise_nofile`), so the one
-discoverd process can hold every concurrent wait, and they die with the bench on Linux.
+pid (discoverd is a `bench.process.ManagedProcess`). The children inherit the bench's raised
+RLIMIT_NOFILE (see `raise_nofile`), so the one discoverd process can hold every concurrent
+wait, and they die with the bench on Linux.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import resource
-import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from bench.process import ManagedProcess
 from discoverd.store.embedded import EmbeddedEtcd, EmbeddedEtcdError, free_port
 
 DNS_ZONE = "etcd.internal"
@@ -45,11 +45,6 @@ def raise_nofile() -> tuple[int, int]:
     return resource.getrlimit(resource.RLIMIT_NOFILE)
 
 
-def die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
 def get_json(url: str, timeout: float = 2.0) -> tuple[int, dict[str, Any]]:
     """(status, decoded body) of a GET; status 0 when nothing answered."""
     try:
@@ -61,26 +56,22 @@ def get_json(url: str, timeout: float = 2.0) -> tuple[int, dict[str, Any]]:
         return 0, {}
 
 
-class Stack:
+class Stack(ManagedProcess):
     """etcd + one discoverd, started in a scratch directory and stopped by pid."""
 
+    name = "discoverd"
+    error = StackError
+    stop_timeout = STOP_TIMEOUT
+
     def __init__(self, scratch: Path, wait_timeout: str) -> None:
+        super().__init__(scratch / "discoverd.log")
         self.scratch = scratch
         self.etcd = EmbeddedEtcd(scratch / "etcd", name="bench")
         self.port = 0
         self.url = ""
-        self.command: list[str] = []
         self.wait_timeout = wait_timeout
         self.dns_port: int | None = None  # None: this discoverd has no DNS responder
         self.dns_zone = DNS_ZONE
-        self.process: subprocess.Popen[bytes] | None = None
-        self.log_path = scratch / "discoverd.log"
-
-    @property
-    def pid(self) -> int:
-        if self.process is None:
-            raise StackError("discoverd is not running")
-        return self.process.pid
 
     @property
     def etcd_pid(self) -> int:
@@ -120,14 +111,7 @@ class Stack:
             self.dns_port = free_dns_port()
             self.command += ["--dns-listen", f"127.0.0.1:{self.dns_port}"]
             self.command += ["--dns-zone", self.dns_zone]
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                self.command,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                preexec_fn=die_with_parent,  # noqa: PLW1509 - only prctl, no locks taken
-            )
+        self.launch()
         self._wait_healthy()
 
     def _wait_healthy(self) -> None:
@@ -136,12 +120,12 @@ class Stack:
             assert self.process is not None
             if self.process.poll() is not None:
                 raise StackError(
-                    f"discoverd exited with {self.process.returncode}: {self.log_tail()}"
+                    f"discoverd exited with {self.process.returncode}: {self.log_excerpt()}"
                 )
             if get_json(f"{self.url}/health", timeout=1.0)[0] == 200:
                 return
             time.sleep(POLL_INTERVAL)
-        raise StackError(f"discoverd not healthy after {READY_TIMEOUT:.0f}s: {self.log_tail()}")
+        raise StackError(f"discoverd not healthy after {READY_TIMEOUT:.0f}s: {self.log_excerpt()}")
 
     def etcd_version(self) -> str:
         status, body = get_json(f"{self.etcd.endpoint}/version")
@@ -155,28 +139,19 @@ class Stack:
                     return " ".join(line.split()[3:5])
         return "unknown"
 
-    def log_tail(self, lines: int = 8) -> str:
-        with contextlib.suppress(OSError):
-            return " | ".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        return "(no log)"
+    def log_excerpt(self, lines: int = 8) -> str:
+        """The log's last `lines` lines on one line, for an error message."""
+        found = self.log_lines()
+        return "(no log)" if found is None else " | ".join(found[-lines:])
 
     def log_problems(self, limit: int = 20) -> list[str]:
         """Warning and error lines the server logged (its log level is warning)."""
-        with contextlib.suppress(OSError):
-            lines = self.log_path.read_text(errors="replace").splitlines()
-            return [line[:400] for line in lines if line.strip()][-limit:]
-        return []
+        lines = self.log_lines() or []
+        return [line[:400] for line in lines if line.strip()][-limit:]
 
     def stop(self) -> None:
-        process, self.process = self.process, None
         try:
-            if process is not None and process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(STOP_TIMEOUT)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(STOP_TIMEOUT)
+            super().stop()
         finally:
             self.etcd.stop()
 

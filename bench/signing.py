@@ -40,7 +40,6 @@ import json
 import math
 import resource
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -58,7 +57,7 @@ from cryptography.x509.oid import NameOID
 
 from bench import client, load, loadgen, report, servers
 from bench.loadspec import Load, LoadResult
-from bench.servers import die_with_parent
+from bench.process import ManagedProcess, run_output
 from discoverd.store.embedded import free_port
 
 PROFILE = "peer"
@@ -73,7 +72,6 @@ CFSSL_LOGLEVEL = 2  # warnings: discoverd runs at --log-level warning
 CFSSL_EXPIRY = "2160h"
 READY_TIMEOUT = 15.0
 POLL_INTERVAL = 0.05
-STOP_TIMEOUT = 10.0
 TOOL_TIMEOUT = 30.0
 PROFILE_SECONDS = 8.0  # py-spy -d (the load's duration when shorter, as with --quick)
 PROFILE_EXTRA_LOAD = 2.0  # wrk runs this much longer than py-spy records
@@ -541,23 +539,17 @@ def cfssl_version(binary: str) -> str:
     return "unknown"
 
 
-class Cfssl:
+class Cfssl(ManagedProcess):
     """`cfssl serve` on 127.0.0.1:<free port> with a CA made here, stopped by pid."""
 
+    name = "cfssl"  # stopped within process.STOP_TIMEOUT (10 s)
+
     def __init__(self, binary: str, folder: Path) -> None:
+        super().__init__(folder / "cfssl.log")
         self.binary = binary
         self.folder = folder
         self.port = 0
-        self.command: list[str] = []
-        self.process: subprocess.Popen[bytes] | None = None
-        self.log_path = folder / "cfssl.log"
         self.ca_pem = ""
-
-    @property
-    def pid(self) -> int:
-        if self.process is None:
-            raise RuntimeError("cfssl is not running")
-        return self.process.pid
 
     @property
     def url(self) -> str:
@@ -614,21 +606,14 @@ class Cfssl:
             "-loglevel",
             str(CFSSL_LOGLEVEL),
         ]
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                self.command,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                preexec_fn=die_with_parent,  # noqa: PLW1509 - only prctl, no locks taken
-            )
+        self.launch()
 
     async def wait_ready(self, body: bytes) -> dict[str, Any]:
         """Poll one signing until it succeeds (bounded); its check."""
         deadline = time.monotonic() + READY_TIMEOUT
         last = "no answer"
         while time.monotonic() < deadline:
-            if self.process is None or self.process.poll() is not None:
+            if not self.alive():
                 raise SigningCheckError(f"cfssl serve exited: {self.log_tail()}")
             try:
                 return await check_cfssl(f"{self.url}/api/v1/cfssl/sign", body, self.ca_pem)
@@ -636,22 +621,6 @@ class Cfssl:
                 last = f"{type(exc).__name__}: {exc}"
             await asyncio.sleep(POLL_INTERVAL)
         raise SigningCheckError(f"cfssl serve not ready after {READY_TIMEOUT:.0f} s: {last}")
-
-    def stop(self) -> None:
-        process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(STOP_TIMEOUT)
-
-    def log_tail(self, lines: int = 6) -> list[str]:
-        with contextlib.suppress(OSError):
-            return self.log_path.read_text(errors="replace").splitlines()[-lines:]
-        return []
 
 
 # -- the profile -------------------------------------------------------------------------------
@@ -680,7 +649,7 @@ async def profile_discoverd(
     say(f"  py-spy record --gil -d {seconds:g} on discoverd under {count:,} enrollments")
     loading = asyncio.create_task(_load(spec, scratch, _enroll_lua(path, spec.threads), bodies))
     try:
-        spied = await _run_tool(command, seconds + PROFILE_GRACE)
+        spied = await run_output(command, seconds + PROFILE_GRACE, tail=None)
     except BaseException:
         with contextlib.suppress(Exception):
             await loading  # wrk ends by itself (and is killed by pid past its grace)
@@ -706,26 +675,6 @@ async def profile_discoverd(
         }
     )
     return summary
-
-
-async def _run_tool(command: list[str], limit: float) -> str:
-    """stdout + stderr of `command`, killed by pid after `limit` seconds."""
-    process = await asyncio.create_subprocess_exec(
-        *command,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        preexec_fn=die_with_parent,
-    )
-    try:
-        output, _ = await asyncio.wait_for(process.communicate(), limit)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    text = output.decode(errors="replace")
-    if process.returncode != 0:
-        raise RuntimeError(f"{Path(command[0]).name} exited with {process.returncode}: {text}")
-    return text
 
 
 def discoverd_files() -> dict[str, str]:
