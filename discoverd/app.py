@@ -145,6 +145,7 @@ async def dns_ctx(app: web.Application) -> AsyncIterator[None]:
     ns_address = specific_address(settings.dns_listen.host)
     zone = Zone(settings.dns_zone, [ns_address] if ns_address else [])
     responder = Responder(zone.lookup)
+    app[appkeys.METRICS].watch_dns(responder)
 
     def follow(tokens: frozenset[str]) -> None:
         for token in tokens:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 
 class Metrics:
@@ -81,5 +84,35 @@ class Metrics:
         children[0].inc()
         children[1].observe(seconds)
 
+    def watch_dns(self, responder: DnsCounters) -> None:
+        """Export the DNS responder's counters (kept as plain ints on its hot path)."""
+        self.registry.register(_DnsCollector(responder))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class DnsCounters(Protocol):
+    rcodes: dict[int, int]
+    dropped: int
+
+
+_RCODES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
+
+
+class _DnsCollector(Collector):
+    def __init__(self, responder: DnsCounters) -> None:
+        self._responder = responder
+
+    def collect(self) -> Iterator[Metric]:
+        answers = CounterMetricFamily(
+            "discoverd_dns_responses", "DNS responses by rcode.", labels=["rcode"]
+        )
+        for rcode, count in sorted(self._responder.rcodes.items()):
+            answers.add_metric([_RCODES.get(rcode, str(rcode))], count)
+        yield answers
+        yield CounterMetricFamily(
+            "discoverd_dns_dropped",
+            "DNS packets dropped unanswered.",
+            value=self._responder.dropped,
+        )

@@ -136,3 +136,21 @@ async def test_expired_token_leaves_dns(client, dns_port):
     while (await udp(dns_port, f"{token}.etcd.internal", "A")).rcode() != dns.rcode.NXDOMAIN:
         assert time.monotonic() < deadline
         await asyncio.sleep(0.05)
+
+
+async def test_dns_counters_are_exported(client, dns_port):
+    token = await new_cluster(client)
+    await udp(dns_port, f"_etcd-server._tcp.{token}.etcd.internal", "SRV")
+    await udp(dns_port, "example.com", "A")
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.sendto(b"\x00", ("127.0.0.1", dns_port))  # too short to answer: dropped
+    sock.close()
+    deadline = time.monotonic() + 5
+    while True:
+        text = await (await client.get("/metrics")).text()
+        if "discoverd_dns_dropped_total 1.0" in text or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.05)
+    assert 'discoverd_dns_responses_total{rcode="NOERROR"}' in text
+    assert 'discoverd_dns_responses_total{rcode="REFUSED"} 1.0' in text
+    assert "discoverd_dns_dropped_total 1.0" in text
