@@ -34,6 +34,7 @@ from discoverd.dns.server import DnsServer
 from discoverd.dns.view import published
 from discoverd.dns.wire import Responder
 from discoverd.dns.zone import Zone
+from discoverd.logs import fingerprint
 from discoverd.metrics import Metrics
 from discoverd.ratelimit import RateLimiter
 from discoverd.store.certificates import CertificateStore
@@ -150,7 +151,11 @@ async def dns_ctx(app: web.Application) -> AsyncIterator[None]:
     def follow(tokens: frozenset[str]) -> None:
         for token in tokens:
             cluster = registry.cluster(token)
-            zone.set_cluster(token, published(cluster) if cluster else None, registry.revision)
+            try:
+                zone.set_cluster(token, published(cluster) if cluster else None, registry.revision)
+            except Exception:  # one unpublishable cluster must not stop the others
+                logger.exception("cluster %s… left out of DNS", fingerprint(token))
+                zone.set_cluster(token, None, registry.revision)
         responder.invalidate()
 
     follow(registry.tokens())

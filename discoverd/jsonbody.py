@@ -15,7 +15,7 @@ M = TypeVar("M", bound=BaseModel)
 def parse(body: bytes, model: type[M], example: str) -> M:
     try:
         data = json.loads(body)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: "[" * 60000
         raise Invalid(f"body must be JSON: {example}") from exc
     try:
         return model.model_validate(data)

@@ -6,6 +6,7 @@ What the real etcd binaries (3.4-3.6, `--discovery`) send and expect: keys and p
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import secrets
@@ -26,6 +27,8 @@ INDEX_RE = re.compile(r"[0-9]{1,19}")  # a v2 index is a uint64
 CLUSTER_NAME_RE = re.compile(r"[a-z]([a-z0-9-]{0,29}[a-z0-9])?")
 RESERVED_NAMES = frozenset({"ns", "hostmaster"})  # names the zone itself uses
 _VISIBLE_ASCII = re.compile(r"[\x21-\x7e]*")
+_LABEL = r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"{_LABEL}(\.{_LABEL})*\.?")
 
 MAX_VALUE_BYTES = 4096
 MAX_PEER_URLS = 16
@@ -162,6 +165,22 @@ def check_peer_url(url: str) -> None:
         raise Invalid("peer URL must name a port", cause=_clip(url))
     if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
         raise Invalid("peer URL must be scheme://host:port and nothing else", cause=_clip(url))
+    if not _is_host(parts.hostname):
+        raise Invalid(
+            "peer URL host must be an IP address (no IPv6 zone) or a DNS name of "
+            "ASCII labels of 1-63 characters",
+            cause=_clip(url),
+        )
+
+
+def _is_host(host: str) -> bool:
+    if "%" in host:  # an IPv6 zone (fe80::1%eth0) means nothing to another machine, or to DNS
+        return False
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return bool(_HOSTNAME.fullmatch(host)) and len(host) <= 253
+    return True
 
 
 def member_name(value: str) -> str:

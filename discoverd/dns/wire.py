@@ -34,6 +34,7 @@ UDP_MAX = 1232  # what we advertise and never exceed over UDP (DNS flag day 2020
 TCP_MAX = 65535
 BADVERS = 16
 CACHE_MAX = 20_000
+RAW_CACHE_BYTES = 300  # a question (<= 255-byte name) and an OPT fit; 20,000 x 300 B = 6 MB
 
 _Template = tuple[int, bytes, int, bytes]  # flags, counts, question length, the rest
 
@@ -84,7 +85,9 @@ class Responder:
         if flags & QR:
             self.dropped += 1
             return None
-        cacheable = not flags & OPCODE_MASK  # rare opcodes are answered without the caches
+        # Rare opcodes are answered without the caches; the raw-bytes cache only keeps what a
+        # resolver sends (a question and an OPT), never a large crafted packet.
+        cacheable = not flags & OPCODE_MASK and len(data) <= RAW_CACHE_BYTES
         raw_key = (data[4:], tcp)
         if cacheable:
             template = self._raw.get(raw_key)

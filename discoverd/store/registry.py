@@ -208,31 +208,37 @@ class Registry:
 
     def _after_change(self, changed: frozenset[str]) -> None:
         for token in changed:
-            waiters = self._member_waiters.get(token)
-            if not waiters:
-                continue
-            gone = token not in self._clusters
-            for waiter in list(waiters):
-                if waiter.future.done():
-                    continue
-                if gone:
-                    waiter.future.set_result(None)
-                    continue
-                found = self._first_member(token, waiter.member_id, waiter.min_index)
-                if found is not None:
-                    waiter.future.set_result(found)
-            remaining = {waiter: None for waiter in waiters if not waiter.future.done()}
-            if remaining:
-                self._member_waiters[token] = remaining
-            else:
-                del self._member_waiters[token]
+            self._wake(token)
         while self._revision_waiters and self._revision_waiters[0][0] <= self.revision:
             _, _, future = heapq.heappop(self._revision_waiters)
             if not future.done():
                 future.set_result(None)
         if changed:
-            for listener in self._listeners:
+            self._notify(changed)
+
+    def _wake(self, token: str) -> None:
+        waiters = self._member_waiters.get(token)
+        if not waiters:
+            return
+        gone = token not in self._clusters
+        for waiter in waiters:
+            if waiter.future.done():
+                continue
+            found = None if gone else self._first_member(token, waiter.member_id, waiter.min_index)
+            if gone or found is not None:
+                waiter.future.set_result(found)
+        remaining = {waiter: None for waiter in waiters if not waiter.future.done()}
+        if remaining:
+            self._member_waiters[token] = remaining
+        else:
+            del self._member_waiters[token]
+
+    def _notify(self, changed: frozenset[str]) -> None:
+        for listener in self._listeners:
+            try:
                 listener(changed)
+            except Exception:  # a listener's bug must not stop the view or the waiters
+                logger.exception("registry listener failed")
 
 
 def _cluster_from(token: str, kv: KeyValue) -> Cluster | None:

@@ -140,3 +140,41 @@ async def test_routes_under_a_public_url_path(aiohttp_client, settings):
     token = url.rsplit("/", 1)[1]
     assert (await client.get(f"/disco/{token}/_config/size")).status == 200
     assert (await client.get(f"/disco/api/v1/clusters/{token}")).status == 200
+
+
+async def test_deeply_nested_json_is_a_400_not_a_500(client):
+    token = await new_token(client)
+    response = await client.put(f"/api/v1/clusters/{token}/members/a", data=b"[" * 60000)
+    assert response.status == 400
+    assert "body must be JSON" in (await response.json())["message"]
+
+
+async def test_an_unpublishable_member_never_stops_dns(client):
+    from discoverd import appkeys
+
+    token_a = await new_token(client)
+    token_b = await new_token(client)
+    body = {"peer_urls": ["http://10.0.0.1:2380"]}
+    assert (await client.put(f"/api/v1/clusters/{token_b}/members/ok", json=body)).status == 200
+    # Even if a bad cluster reached the zone (e.g. written by an older version), the others
+    # stay published and the responder keeps answering.
+    zone_follow = client.server.app[appkeys.REGISTRY]._listeners[-1]
+    registry = client.server.app[appkeys.REGISTRY]
+    bad = registry.cluster(token_a)
+    from dataclasses import replace
+
+    from discoverd.models import ApiMember, MemberRecord
+
+    broken = replace(
+        bad,
+        api_members=(ApiMember("x", MemberRecord(peer_urls=("http://[fe80::1%eth0]:2380",)), 1),),
+    )
+    registry._clusters[token_a] = broken
+    zone_follow(frozenset({token_a, token_b}))
+    responder = client.server.app[appkeys.DNS_RESPONDER]
+    import dns.message
+
+    reply = responder.respond(
+        dns.message.make_query(f"ok.{token_b}.etcd.internal", "A").to_wire(), tcp=False
+    )
+    assert dns.message.from_wire(reply).answer

@@ -155,3 +155,17 @@ def test_error_cause_echo_is_clipped():
     with pytest.raises(Invalid) as caught:
         protocol.parse_size("x" * 500, default=3, maximum=99)
     assert len(caught.value.cause) < 80
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "x=http://[fe80::1%25eth0]:2380",  # a scoped IPv6 address: not publishable
+        "x=http://[fe80::1%eth0]:2380",
+        "x=http://a..b:2380",
+        "x=http://" + "a" * 64 + ".example:2380",
+    ],
+)
+def test_peer_hosts_that_dns_cannot_publish_are_refused(value):
+    with pytest.raises(Invalid, match="peer URL host"):
+        protocol.parse_member_value(value)

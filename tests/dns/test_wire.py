@@ -177,3 +177,15 @@ def test_random_garbage_never_raises():
         r.respond(bytes(wire), tcp=rng.random() < 0.5)
     for _ in range(2_000):
         r.respond(rng.randbytes(rng.randrange(64)), tcp=False)
+
+
+def test_large_crafted_packets_are_not_kept_in_the_raw_cache():
+    r = responder()
+    query = dns.message.make_query(SRV_NAME, "SRV")
+    wire = bytearray(query.to_wire())
+    struct.pack_into("!H", wire, 10, 1)
+    padding_rr = b"\x00" + struct.pack("!HHIH", 16, 1, 0, 4000) + b"x" * 4000  # a 4 KB TXT
+    for i in range(50):
+        r.respond(bytes(wire) + padding_rr[:-2] + bytes([i, i]), tcp=True)
+    assert len(r._raw) == 0
+    assert sum(len(key[0]) for key in r._cache) < 5000
