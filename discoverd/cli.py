@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -87,7 +88,9 @@ def _cluster_parsers(commands: Any) -> None:
 
     join = commands.add_parser("join", help="prepare this node to join a cluster (cloud-init)")
     join.add_argument("--server", required=True, help="discoverd URL")
-    join.add_argument("--token", required=True)
+    join.add_argument(
+        "--token", help="the cluster token (or DISCOVERD_TOKEN: not visible in the process list)"
+    )
     join.add_argument("--name", required=True, help="this member's name (--name of etcd)")
     join.add_argument("--ip", required=True, help="the address its peers and clients use")
     join.add_argument("--mode", choices=["discovery", "srv"], default="discovery")
@@ -207,8 +210,14 @@ def _status(args: argparse.Namespace, timeout: float) -> int:
 def _join(args: argparse.Namespace, timeout: float) -> int:
     from discoverd.join import JoinError, JoinRequest, join
 
+    token = args.token or os.environ.get("DISCOVERD_TOKEN", "")
+    if not token:
+        print(
+            "discoverd join: give --token, or DISCOVERD_TOKEN in the environment", file=sys.stderr
+        )
+        return 2
     request = JoinRequest(
-        server=args.server, token=args.token, name=args.name, ip=args.ip, mode=args.mode,
+        server=args.server, token=token, name=args.name, ip=args.ip, mode=args.mode,
         tls=args.tls, out=args.out, data_dir=args.data_dir, peer_port=args.peer_port,
         client_port=args.client_port, ca_sha256=args.ca_sha256,
     )  # fmt: skip

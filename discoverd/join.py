@@ -94,9 +94,10 @@ def join(request: JoinRequest, timeout: float, say: Any = print) -> str:
             _wait_for_members(client, request, cluster["size"], say)
     except ApiError as exc:
         raise JoinError(str(exc)) from None
-    write_public(out / "etcd.env", render_env(request, cluster, out))
-    write_public(out / "etcdctl.env", render_etcdctl_env(request, out))
-    write_public(out / MARKER, json.dumps(_marker(request), indent=1) + "\n")
+    # etcd.env and the marker carry the token (ETCD_DISCOVERY): only the owner reads them.
+    write_private(out / "etcd.env", render_env(request, cluster, out))
+    write_private(out / "etcdctl.env", render_etcdctl_env(request, out))
+    write_private(out / MARKER, json.dumps(_marker(request), indent=1) + "\n")
     return f"{request.name} joined; start etcd with EnvironmentFile={out / 'etcd.env'}"
 
 

@@ -56,6 +56,7 @@ async def test_tls_join_writes_what_etcd_needs(client, tmp_path, capsys):
         "IP Address:127.0.0.1",
     ):
         assert san in text  # fmt: skip
+    assert (out / "etcd.env").stat().st_mode & 0o777 == 0o600  # it carries the token
     ctl = env_of(out / "etcdctl.env")
     assert ctl["ETCDCTL_CERT"] == str(out / "client.pem")
     view = await (await client.get(f"/api/v1/clusters/{token}")).json()
@@ -162,3 +163,14 @@ async def test_status_wait_times_out(client, capsys):
     url = f"{str(client.make_url('')).rstrip('/')}/{token}"
     assert await asyncio.to_thread(main, ["status", url, "--wait", "--timeout", "1s"]) == 1
     assert "timed out" in capsys.readouterr().err
+
+
+async def test_the_token_can_come_from_the_environment(client, tmp_path, monkeypatch):
+    server = str(client.make_url("")).rstrip("/")
+    token = await new_cluster(client)
+    argv = join_argv(server, token, "a", IPS[0], tmp_path / "a")
+    del argv[argv.index("--token") : argv.index("--token") + 2]
+    assert await asyncio.to_thread(main, argv) == 2  # neither given
+    monkeypatch.setenv("DISCOVERD_TOKEN", token)
+    assert await asyncio.to_thread(main, argv) == 0
+    assert env_of(tmp_path / "a" / "etcd.env")["ETCD_DISCOVERY"].endswith(token)

@@ -58,7 +58,9 @@ class Authority:
         self._lifetime = dt.timedelta(seconds=cert_ttl)
         # token -> (key, CA PEM, parsed CA): the hot path parses nothing
         self._cas: OrderedDict[str, tuple[x509.PrivateKey, str, cx509.Certificate]] = OrderedDict()
-        self._crls: dict[str, tuple[tuple[str, ...], cx509.CertificateRevocationList]] = {}
+        self._crls: OrderedDict[str, tuple[tuple[str, ...], cx509.CertificateRevocationList]] = (
+            OrderedDict()
+        )
         self._ca_lock = asyncio.Lock()
 
     # -- the CA --------------------------------------------------------------------------------
@@ -108,7 +110,7 @@ class Authority:
             key_id=self.key_id,
         )
         stored, revision = await self._store.create_ca(cluster.token, record, cluster.lease)
-        await self._discovery.caught_up(revision)
+        await self._discovery.settle(revision)
         if stored is record:
             self._remember(cluster.token, key, record.certificate)
             logger.info("created a cluster CA", extra={"ca_sha256": x509.fingerprint(cert)})
@@ -141,7 +143,7 @@ class Authority:
                 "POST /api/v1/certs/renew, or have an operator revoke it",
                 cause=name,
             )
-        await self._discovery.caught_up(revision)
+        await self._discovery.settle(revision)
         return issued
 
     async def renew(self, token: str, cert_pem: str, csr_pem: str) -> Issued:
@@ -166,7 +168,7 @@ class Authority:
         revision = await self._store.renew(token, record.serial, issued.record, cluster.lease)
         if revision is None:
             raise Conflict("this certificate was renewed already", cause=record.serial)
-        await self._discovery.caught_up(revision)
+        await self._discovery.settle(revision)
         return issued
 
     async def _issue(
@@ -202,7 +204,7 @@ class Authority:
             raise Invalid(f"no certificate with serial {serial} in this cluster", cause=serial[:40])
         if record.revoked_at is None:
             record = record.model_copy(update={"revoked_at": time.time()})
-            await self._discovery.caught_up(await self._store.revoke(token, record, cluster.lease))
+            await self._discovery.settle(await self._store.revoke(token, record, cluster.lease))
         return record
 
     async def crl_pem(self, token: str) -> str:
@@ -226,6 +228,8 @@ class Authority:
         number = max((int(c.revoked_at or 0) for c in revoked), default=0) + len(revoked)
         crl = x509.crl(key, ca_cert, entries, number)
         self._crls[token] = (serials, crl)
+        while len(self._crls) > KEY_CACHE:
+            self._crls.popitem(last=False)
         return crl
 
     def _policy(self, cluster: Cluster) -> policy.SanPolicy:

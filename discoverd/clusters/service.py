@@ -69,7 +69,7 @@ class ClusterService:
         revision = await self._store.put_api_member(token, name, record, cluster.lease)
         if revision is None:
             raise NotFound("no such cluster", cause=f"/{token}")
-        await self._discovery.caught_up(revision)
+        await self._discovery.settle(revision)
         return ApiMember(name, record, revision)
 
     async def view(self, token: str) -> dict[str, Any]:

@@ -126,7 +126,7 @@ class DiscoveryService:
             self._on_register("duplicate")
             raise Conflict("Key already exists", cause=f"/{token}/{member_id}")
         self._on_register("created")
-        await self.caught_up(registration.revision)
+        await self.settle(registration.revision)
         assert registration.member is not None
         return registration.member
 
@@ -136,6 +136,15 @@ class DiscoveryService:
         """A future for the first registration at or past `wait_index` (0: the next one)."""
         min_index = wait_index if wait_index > 0 else self.registry.revision + 1
         return self.registry.wait_member(token, member_id, min_index)
+
+    async def settle(self, revision: int) -> None:
+        """After a committed write: wait (bounded) until this replica's view shows it. A view
+        that lags only delays the answer: the write happened, so it must not be reported as a
+        failure (etcd treats a failed registration PUT as fatal, and a retry would conflict)."""
+        try:
+            await self.caught_up(revision)
+        except Unavailable:
+            logger.warning("view lags a committed write (revision %d); answering anyway", revision)
 
     async def caught_up(self, revision: int) -> None:
         """Return once this replica's view shows `revision` (read-your-writes)."""
