@@ -27,6 +27,9 @@ class ClusterConfig(BaseModel):
     size: int = Field(ge=1)
     created_at: float = Field(description="unix time of creation")
     name: str | None = Field(default=None, description="published as <name>.<zone> in DNS")
+    bootstrap_until: float | None = Field(
+        default=None, description="unix time after which discovery and enrollment are closed"
+    )
     clients: int | None = Field(
         default=None, ge=0, le=999, description="client certificate names (default: size)"
     )

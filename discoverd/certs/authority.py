@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime as dt
 import hashlib
 import ipaddress
@@ -28,6 +29,7 @@ from discoverd.discovery.service import DiscoveryService
 from discoverd.errors import Conflict, Forbidden, Invalid, Unavailable
 from discoverd.models import CaRecord, CertRecord, Cluster
 from discoverd.store.certificates import CertificateStore
+from discoverd.store.gateway import EtcdRejected
 
 logger = logging.getLogger(__name__)
 
@@ -109,8 +111,14 @@ class Authority:
             sealed_key=base64.b64encode(sealed).decode(),
             key_id=self.key_id,
         )
-        stored, revision = await self._store.create_ca(cluster.token, record, cluster.lease)
+        pki_lease = await self._store.grant_lease(int(x509.CA_LIFETIME.total_seconds()))
+        stored, revision = await self._store.create_ca(
+            cluster.token, record, cluster.config, pki_lease
+        )
         await self._discovery.settle(revision)
+        if stored is not record:  # another replica made it first: its lease holds the cluster
+            with contextlib.suppress(Unavailable, EtcdRejected):
+                await self._store.revoke_lease(pki_lease)
         if stored is record:
             self._remember(cluster.token, key, record.certificate)
             logger.info("created a cluster CA", extra={"ca_sha256": x509.fingerprint(cert)})
@@ -122,7 +130,7 @@ class Authority:
         profile = _profile(profile_name)
         policy.check_subject_name(profile, name)
         csr = x509.load_csr(csr_pem)
-        cluster = await self._discovery.cluster(token)
+        cluster = await self._discovery.bootstrap_cluster(token)
         sans = policy.leaf_sans(profile, x509.csr_sans(csr), self._policy(cluster))
         names = cluster.cert_names(profile.value)
         limit = cluster.config.size
@@ -136,6 +144,8 @@ class Authority:
                 cause=name,
             )
         issued = await self._issue(cluster, csr.public_key(), name, sans, profile)
+        # Issuing may have made the CA, which moved the cluster to its PKI lease: use that one.
+        cluster = await self._discovery.cluster(token)
         revision = await self._store.enroll(token, issued.record, cluster.lease)
         if revision is None:
             raise Conflict(

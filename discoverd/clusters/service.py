@@ -59,7 +59,7 @@ class ClusterService:
         record = MemberRecord(
             peer_urls=tuple(request.peer_urls), client_urls=tuple(request.client_urls)
         )
-        cluster = await self._discovery.cluster(token)
+        cluster = await self._discovery.bootstrap_cluster(token)
         known = cluster.member_names()
         if name not in known and len(known) >= registration_cap(cluster.config.size):
             raise Invalid(

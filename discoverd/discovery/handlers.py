@@ -81,7 +81,7 @@ async def token_route(request: web.Request) -> web.StreamResponse:
 
 
 async def _get(request: web.Request, path: TokenPath) -> web.Response:
-    cluster = await request.app[appkeys.DISCOVERY].cluster(path.token)
+    cluster = await request.app[appkeys.DISCOVERY].bootstrap_cluster(path.token)
     memo = f"{path.target.value}/{path.member_id}"
     body = cluster.memo.get(memo)
     if body is None:
@@ -112,7 +112,7 @@ async def _wait(request: web.Request, path: TokenPath) -> web.StreamResponse:
     # During an etcd outage a wait on a known token is held (the view resumes when etcd is
     # back); only a token this replica has never seen needs etcd, and gets 503 meanwhile.
     if registry.synced or registry.cluster(path.token) is None:
-        await service.cluster(path.token)
+        await service.bootstrap_cluster(path.token)
     index = registry.revision
     member_id = path.member_id if path.target is Target.MEMBER else None
     if path.target in (Target.SIZE, Target.CONFIG_DIR):

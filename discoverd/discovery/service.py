@@ -73,9 +73,11 @@ class DiscoveryService:
         """A new token, stored in etcd. There is no wait for this replica's view: a read that
         misses the view asks etcd, so the token is readable at once anyway."""
         try:
+            now = time.time()
             config = ClusterConfig(
                 size=size,
-                created_at=time.time(),
+                created_at=now,
+                bootstrap_until=now + self.limits.token_ttl,
                 name=name,
                 cidrs=cidrs,
                 dns_suffixes=dns_suffixes,
@@ -107,11 +109,20 @@ class DiscoveryService:
             raise NotFound("Key not found", cause=f"/{token}")
         return cluster
 
+    async def bootstrap_cluster(self, token: str) -> Cluster:
+        """The cluster of `token` while its bootstrap window is open (discovery, member
+        registration, enrollment); a cluster whose window closed is gone for those."""
+        cluster = await self.cluster(token)
+        until = cluster.config.bootstrap_until
+        if until is not None and time.time() > until:
+            raise NotFound("the discovery token has expired", cause=f"/{token}")
+        return cluster
+
     # -- registrations ------------------------------------------------------------------------
 
     async def register(self, token: str, member_id: str, value: str) -> Member:
         value = protocol.parse_member_value(value)
-        cluster = await self.cluster(token)
+        cluster = await self.bootstrap_cluster(token)
         cap = registration_cap(cluster.config.size)
         if len(cluster.members) >= cap and cluster.member(member_id) is None:
             raise Invalid(

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from discoverd.errors import NotFound
-from discoverd.models import CaRecord, CertRecord
+from discoverd.errors import NotFound, Unavailable
+from discoverd.models import CaRecord, CertRecord, ClusterConfig
 from discoverd.store import keys
 from discoverd.store.clusters import checked_txn
-from discoverd.store.gateway import EtcdGateway, b64, decode_kv
+from discoverd.store.gateway import EtcdGateway, EtcdRejected, b64, decode_kv
 
 
 def _absent(key: str) -> dict[str, Any]:
@@ -29,9 +29,13 @@ class CertificateStore:
     def __init__(self, gateway: EtcdGateway) -> None:
         self._gateway = gateway
 
-    async def create_ca(self, token: str, record: CaRecord, lease: int) -> tuple[CaRecord, int]:
-        """Store `record` as the cluster's CA unless one exists; the CA that is stored, and a
-        revision at which it is."""
+    async def create_ca(
+        self, token: str, record: CaRecord, config: ClusterConfig, pki_lease: int
+    ) -> tuple[CaRecord, int]:
+        """Store `record` as the cluster's CA unless one exists, and move the cluster's config
+        to `pki_lease` (as long as the CA lives) in the same transaction, so that renewal,
+        revocation and the CRL outlive the token's bootstrap window. The CA that is stored,
+        and a revision at which it is."""
         key = keys.cluster_ca(token)
         txn = {
             "compare": [
@@ -39,7 +43,10 @@ class CertificateStore:
                 {"key": b64(keys.cluster_config(token)), "result": "GREATER",
                  "target": "CREATE", "create_revision": 0},
             ],
-            "success": [_put(key, record.model_dump_json(), lease)],
+            "success": [
+                _put(key, record.model_dump_json(), pki_lease),
+                _put(keys.cluster_config(token), config.model_dump_json(), pki_lease),
+            ],
             "failure": [{"request_range": {"key": b64(key)}}],
         }  # fmt: skip
         result = await self._txn(txn, "store a CA")
@@ -50,6 +57,17 @@ class CertificateStore:
         if not kvs:
             raise NotFound("Key not found", cause=f"/{token}")
         return CaRecord.model_validate_json(decode_kv(kvs[0]).value), revision
+
+    async def grant_lease(self, ttl: int) -> int:
+        try:
+            return await self._gateway.grant_lease(ttl)
+        except EtcdRejected as exc:
+            raise Unavailable(f"etcd refused a lease: {exc.detail}") from exc
+
+    async def revoke_lease(self, lease: int) -> None:
+        await self._gateway.call(
+            lambda c: c.post(c.get_url("/kv/lease/revoke"), json={"ID": lease})
+        )
 
     async def enroll(self, token: str, record: CertRecord, lease: int) -> int | None:
         """Claim the name for the profile and record the certificate; the revision, or None

@@ -295,3 +295,48 @@ async def test_client_identities_are_set_at_creation(client, tmp_path):
     assert statuses == [200, 200, 200, 403]
     bad = await client.post("/new?size=3&clients=lots")
     assert bad.status == 400
+
+
+async def test_the_ca_outlives_the_bootstrap_window(client, tmp_path, monkeypatch):
+    token = await new_token(client)
+    await client.put(
+        f"/{token}/1",
+        data="value=infra0=http://10.0.0.1:2380",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    issued = await (
+        await enroll(client, token, "infra0", csr(tmp_path, "infra0", "IP:10.0.0.1"))
+    ).json()
+    gateway = client.server.app[appkeys.GATEWAY]
+    _, config_kv = await gateway.get(keys.cluster_config(token))
+    _, member_kv = await gateway.get(keys.v2_member(token, "1"))
+    _, cert_kv = await gateway.get(keys.certificate(token, issued["serial"]))
+    assert config_kv.lease != member_kv.lease  # registrations keep the token's lease
+    assert cert_kv.lease == config_kv.lease  # the inventory lives as long as the CA
+    ttl = await gateway.call(
+        lambda c: c.post(c.get_url("/kv/lease/timetolive"), json={"ID": config_kv.lease})
+    )
+    assert int(ttl["TTL"]) > 365 * 86400
+
+    # After the bootstrap window (--token-ttl) discovery and enrollment are closed...
+    import time as real_time
+
+    import discoverd.discovery.service as service_module
+
+    later = real_time.time() + 8 * 86400
+    monkeypatch.setattr(service_module.time, "time", lambda: later)
+    assert (await client.get(f"/{token}/_config/size")).status == 404
+    late = await enroll(client, token, "infra1", csr(tmp_path, "infra1", "IP:10.0.0.2"))
+    assert late.status == 404 and "expired" in (await late.json())["message"]
+    # ...while renewal, revocation's CRL and the view go on.
+    renewed = await client.post(
+        "/api/v1/certs/renew",
+        json={
+            "token": token,
+            "certificate": issued["certificate"],
+            "csr": csr(tmp_path, "infra0", key="infra0.key"),
+        },
+    )
+    assert renewed.status == 200
+    assert (await client.get(f"/api/v1/clusters/{token}/crl.pem")).status == 200
+    assert (await client.get(f"/api/v1/clusters/{token}")).status == 200
