@@ -145,7 +145,9 @@ def _certificates(
         if got != wanted:
             raise JoinError(f"the server's CA has sha256 {got}, not {wanted}: refusing to trust it")
     write_public(out / "ca.pem", ca_pem)
-    domains = cluster["dns"]["domains"]
+    # A named cluster's certificates name only <name>.<zone>: SANs are shown to everyone who
+    # connects to a member, and the token is a secret.
+    domains = cluster["dns"]["domains"][1:] if cluster.get("name") else cluster["dns"]["domains"]
     names = [*(f"{request.name}.{domain}" for domain in domains), *domains]
     ip = ipaddress.ip_address(request.ip)
     for profile, sans in (("peer", (names, [ip])), ("server", (names, [ip])), ("client", ([], []))):
@@ -229,7 +231,7 @@ def render_env(request: JoinRequest, cluster: dict[str, Any], out: Path) -> str:
     if request.mode == "discovery":
         env["ETCD_DISCOVERY"] = cluster["discovery_url"]
     else:
-        env["ETCD_DISCOVERY_SRV"] = cluster["dns"]["domains"][0]
+        env["ETCD_DISCOVERY_SRV"] = cluster["dns"]["domains"][-1]  # <name>.<zone> if named
         env["ETCD_INITIAL_CLUSTER_TOKEN"] = request.token
     if request.tls:
         env |= {

@@ -174,3 +174,22 @@ async def test_the_token_can_come_from_the_environment(client, tmp_path, monkeyp
     monkeypatch.setenv("DISCOVERD_TOKEN", token)
     assert await asyncio.to_thread(main, argv) == 0
     assert env_of(tmp_path / "a" / "etcd.env")["ETCD_DISCOVERY"].endswith(token)
+
+
+async def test_a_named_cluster_keeps_the_token_out_of_certificates(client, tmp_path):
+    server = str(client.make_url("")).rstrip("/")
+    name = "n" + __import__("os").urandom(3).hex()
+    token = (await (await client.post(f"/new?size=3&name={name}")).text()).rsplit("/", 1)[1]
+    out = tmp_path / "a"
+    argv = join_argv(server, token, "a", IPS[0], out, "--tls", "--mode", "srv")
+    task = asyncio.create_task(asyncio.to_thread(main, argv))
+    await asyncio.sleep(0.5)
+    for i, member in enumerate(("b", "c"), start=1):
+        body = {"peer_urls": [f"https://{IPS[i]}:2380"], "client_urls": [f"https://{IPS[i]}:2379"]}
+        await client.put(f"/api/v1/clusters/{token}/members/{member}", json=body)
+    assert await task == 0
+    text = subprocess.run(["openssl", "x509", "-in", str(out / "peer.pem"), "-noout", "-text"],
+                          capture_output=True, text=True).stdout  # fmt: skip
+    assert f"DNS:a.{name}.etcd.internal" in text and f"DNS:{name}.etcd.internal" in text
+    assert token not in text
+    assert env_of(out / "etcd.env")["ETCD_DISCOVERY_SRV"] == f"{name}.etcd.internal"

@@ -178,7 +178,7 @@ class _TokenMinter:
         self._store = store
         self._ttl = token_ttl
         self._bucket = min(60.0, token_ttl / 100)
-        self._pending: list[tuple[str, ClusterConfig, asyncio.Future[int]]] = []
+        self._pending: list[tuple[str, ClusterConfig, asyncio.Future[str]]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._lease = 0
         self._lease_until = 0.0
@@ -188,11 +188,10 @@ class _TokenMinter:
 
     async def mint(self, config: ClusterConfig) -> str:
         token = protocol.new_token()
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._pending.append((token, config, future))
         self._kick()
-        await future
-        return token
+        return await future  # the token that was committed (a collision mints another)
 
     async def create_named(self, token: str, config: ClusterConfig) -> int | None:
         """A named token in a transaction of its own (the name must be claimed with it)."""
@@ -237,7 +236,7 @@ class _TokenMinter:
         self._tasks.discard(task)
         self._kick()
 
-    async def _commit(self, batch: list[tuple[str, ClusterConfig, asyncio.Future[int]]]) -> None:
+    async def _commit(self, batch: list[tuple[str, ClusterConfig, asyncio.Future[str]]]) -> None:
         try:
             revision = await self._create({token: config for token, config, _ in batch})
         except Exception as exc:  # every waiter must get an answer, whatever went wrong
@@ -257,9 +256,9 @@ class _TokenMinter:
             for _, config, future in batch:
                 self._pending.append((protocol.new_token(), config, future))
             return
-        for _, _, future in batch:
+        for committed, _, future in batch:
             if not future.done():
-                future.set_result(revision)
+                future.set_result(committed)
 
     async def _create(self, configs: dict[str, ClusterConfig]) -> int | None:
         lease = await self._current_lease()

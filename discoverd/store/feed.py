@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 PROBE_INTERVAL = 1.0
 PROBE_FAILURES = 2  # consecutive failed probes before the view is called stale
+STALL_PROBES = 3  # probes in a row with a change the watch did not deliver
 BACKOFF_MAX = 2.0
 
 
@@ -64,19 +65,27 @@ class RegistryFeed:
             stream.close()
 
     async def probe_forever(self) -> None:
-        """Mark the view stale when etcd stops answering, even if the watch did not notice."""
-        failures = 0
+        """Mark the view stale when etcd stops answering, and restart a watch that stalled
+        silently (a middlebox dropped it): etcd then holds a change under the prefix that
+        the view has not seen for several probes in a row."""
+        failures = behind = 0
         while True:
             await asyncio.sleep(PROBE_INTERVAL)
             try:
-                await self._gateway.status()
+                newest = await self._gateway.newest_revision(keys.ROOT)
             except (Unavailable, EtcdRejected) as exc:
                 failures += 1
                 if failures == PROBE_FAILURES:
                     self._registry.mark_unsynced(f"etcd does not answer: {exc}")
                     self.restart_watch()
-            else:
-                failures = 0
+                continue
+            failures = 0
+            behind = behind + 1 if newest > self._registry.revision else 0
+            if behind == STALL_PROBES:
+                logger.warning("the etcd watch stalled (view at %d, etcd at %d); restarting it",
+                               self._registry.revision, newest)  # fmt: skip
+                self.restart_watch()
+                behind = 0
 
     # -- the watch thread ---------------------------------------------------------------------
 

@@ -163,6 +163,23 @@ class EtcdGateway:
     async def status(self) -> dict[str, Any]:
         return await self.call(lambda c: dict(c.status()))
 
+    async def newest_revision(self, prefix: str) -> int:
+        """The newest mod revision of any key under `prefix` (0 if none): a cheap probe."""
+        payload = {
+            "key": b64(prefix),
+            "range_end": b64(prefix_end(prefix)),
+            "limit": 1,
+            "sort_order": "DESCEND",
+            "sort_target": "MOD",
+            "keys_only": True,
+        }
+
+        def op(c: Etcd3Client) -> int:
+            kvs = c.post(c.get_url("/kv/range"), json=payload).get("kvs", [])
+            return int(kvs[0]["mod_revision"]) if kvs else 0
+
+        return await self.call(op)
+
     async def get(self, key: str) -> tuple[int, KeyValue | None]:
         """One key and the store revision at which it was read (a linearizable read)."""
 

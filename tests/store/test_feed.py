@@ -58,3 +58,37 @@ async def test_feed_follows_writes_and_resyncs(etcd_endpoint):
     finally:
         await asyncio.to_thread(feed.stop)
         gateway.close()
+
+
+async def test_a_silently_stalled_watch_is_restarted(etcd_endpoint, monkeypatch):
+    from discoverd.store import feed as feed_module
+
+    monkeypatch.setattr(feed_module, "PROBE_INTERVAL", 0.05)
+    gateway = EtcdGateway([etcd_endpoint], timeout=2)
+    registry = Registry()
+    feed = RegistryFeed(gateway, registry, asyncio.get_running_loop())
+    dropping = {"on": False}
+    original = feed._post
+
+    def lossy(callback, *args):  # a middlebox that swallows the watch stream's events
+        if dropping["on"] and getattr(callback, "__name__", "") == "apply":
+            return
+        original(callback, *args)
+
+    feed._post = lossy
+    feed.start()
+    probe = asyncio.create_task(feed.probe_forever())
+    try:
+        await eventually(lambda: registry.synced)
+        dropping["on"] = True
+        store = ClusterStore(gateway)
+        token = "ef" * 16
+        lease = await store.grant_lease(600)
+        await store.create_clusters({token: ClusterConfig(size=1, created_at=0)}, lease)
+        dropping["on"] = False  # the restarted watch works again
+        await eventually(lambda: registry.cluster(token) is not None)
+        assert feed.resyncs >= 1
+    finally:
+        probe.cancel()
+        await asyncio.to_thread(feed.stop)
+        gateway.close()
