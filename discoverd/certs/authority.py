@@ -28,7 +28,7 @@ from discoverd.certs.x509 import Profile
 from discoverd.discovery.service import DiscoveryService
 from discoverd.errors import Conflict, Forbidden, Invalid, Unavailable
 from discoverd.models import CaRecord, CertRecord, Cluster
-from discoverd.store.certificates import CertificateStore
+from discoverd.store.certificates import CertificateStore, EnrollRefusal
 from discoverd.store.gateway import EtcdRejected
 
 logger = logging.getLogger(__name__)
@@ -146,8 +146,14 @@ class Authority:
         issued = await self._issue(cluster, csr.public_key(), name, sans, profile)
         # Issuing may have made the CA, which moved the cluster to its PKI lease: use that one.
         cluster = await self._discovery.cluster(token)
-        revision = await self._store.enroll(token, issued.record, cluster.lease)
-        if revision is None:
+        revision = await self._store.enroll(token, issued.record, cluster.lease, limit)
+        if revision is EnrollRefusal.FULL:
+            raise Forbidden(
+                f"{limit} names already hold a {profile.value} certificate in this cluster; "
+                "enrollment is closed",
+                cause=name,
+            )
+        if revision is EnrollRefusal.CLAIMED:
             raise Conflict(
                 f"{name} already has a {profile.value} certificate; renew it with "
                 "POST /api/v1/certs/renew, or have an operator revoke it",

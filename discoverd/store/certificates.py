@@ -8,13 +8,17 @@ renewal moves the claim from the old serial to the new one; a revocation marks t
 
 from __future__ import annotations
 
+import json
+from enum import Enum
 from typing import Any
 
 from discoverd.errors import NotFound, Unavailable
 from discoverd.models import CaRecord, CertRecord, ClusterConfig
 from discoverd.store import keys
 from discoverd.store.clusters import checked_txn
-from discoverd.store.gateway import EtcdGateway, EtcdRejected, b64, decode_kv
+from discoverd.store.gateway import EtcdGateway, EtcdRejected, KeyValue, b64, decode_kv
+
+ROSTER_ATTEMPTS = 50  # compare-and-swap rounds before contention is reported as 503
 
 
 def _absent(key: str) -> dict[str, Any]:
@@ -69,19 +73,47 @@ class CertificateStore:
             lambda c: c.post(c.get_url("/kv/lease/revoke"), json={"ID": lease})
         )
 
-    async def enroll(self, token: str, record: CertRecord, lease: int) -> int | None:
-        """Claim the name for the profile and record the certificate; the revision, or None
-        if the name is claimed already."""
+    async def enroll(
+        self, token: str, record: CertRecord, lease: int, limit: int
+    ) -> int | EnrollRefusal:
+        """Claim the name for the profile, add it to the profile's roster (at most `limit`
+        names) and record the certificate, in one transaction; the revision, or why not.
+
+        The roster is changed by compare-and-swap, so replicas enrolling different names at
+        the same moment can never take more than `limit` between them."""
         claim = keys.enrolled(token, record.profile, record.name)
-        txn = {
-            "compare": [_absent(claim)],
-            "success": [
-                _put(claim, record.serial, lease),
-                _put(keys.certificate(token, record.serial), record.model_dump_json(), lease),
-            ],
-            "failure": [],
-        }
-        return _revision_if_done(await self._txn(txn, "record a certificate"))
+        roster = keys.roster(token, record.profile)
+        names, version = await self._roster(roster)
+        for _ in range(ROSTER_ATTEMPTS):
+            if record.name not in names and len(names) >= limit:
+                return EnrollRefusal.FULL
+            listed = json.dumps(sorted({*names, record.name}))
+            txn = {
+                "compare": [_absent(claim), _unchanged(roster, version)],
+                "success": [
+                    _put(claim, record.serial, lease),
+                    _put(keys.certificate(token, record.serial), record.model_dump_json(), lease),
+                    _put(roster, listed, lease),
+                ],
+                "failure": [
+                    {"request_range": {"key": b64(claim)}},
+                    {"request_range": {"key": b64(roster)}},
+                ],
+            }
+            result = await self._txn(txn, "record a certificate")
+            if result.get("succeeded"):
+                return int(result["header"]["revision"])
+            claimed, current = (
+                r.get("response_range", {}).get("kvs", []) for r in result["responses"]
+            )
+            if claimed:
+                return EnrollRefusal.CLAIMED
+            names, version = _roster_of(current)
+        raise Unavailable("too many concurrent enrollments; try again")
+
+    async def _roster(self, key: str) -> tuple[set[str], int]:
+        _, kv = await self._gateway.get(key)
+        return _roster_of([] if kv is None else [kv])
 
     async def renew(
         self, token: str, old_serial: str, record: CertRecord, lease: int
@@ -102,8 +134,10 @@ class CertificateStore:
         return _revision_if_done(await self._txn(txn, "record a renewal"))
 
     async def revoke(self, token: str, record: CertRecord, lease: int) -> int:
-        """Mark `record` revoked and free its name, so the node can be enrolled again."""
+        """Mark `record` revoked and free its name (claim and roster entry), so the node can
+        be enrolled again."""
         claim = keys.enrolled(token, record.profile, record.name)
+        roster = keys.roster(token, record.profile)
         put = _put(keys.certificate(token, record.serial), record.model_dump_json(), lease)
         holds = {
             "key": b64(claim),
@@ -111,11 +145,25 @@ class CertificateStore:
             "target": "VALUE",
             "value": b64(record.serial),
         }
-        txn = {
-            "compare": [holds],
-            "success": [{"request_delete_range": {"key": b64(claim)}}, put],
-            "failure": [put],  # a serial renewed away is still marked revoked
-        }
+        for _ in range(ROSTER_ATTEMPTS):
+            names, version = await self._roster(roster)
+            listed = json.dumps(sorted(names - {record.name}))
+            txn = {
+                "compare": [holds, _unchanged(roster, version)],
+                "success": [
+                    {"request_delete_range": {"key": b64(claim)}},
+                    put,
+                    _put(roster, listed, lease),
+                ],
+                "failure": [{"request_range": {"key": b64(claim)}}],
+            }
+            result = await self._txn(txn, "revoke a certificate")
+            if result.get("succeeded"):
+                return int(result["header"]["revision"])
+            kvs = result["responses"][0].get("response_range", {}).get("kvs", [])
+            if not kvs or decode_kv(kvs[0]).value.decode() != record.serial:
+                break  # the name moved on (renewed away): only the record is marked
+        txn = {"compare": [], "success": [put], "failure": []}
         return int((await self._txn(txn, "revoke a certificate"))["header"]["revision"])
 
     async def _txn(self, txn: dict[str, Any], what: str) -> dict[str, Any]:
@@ -124,3 +172,22 @@ class CertificateStore:
 
 def _revision_if_done(result: dict[str, Any]) -> int | None:
     return int(result["header"]["revision"]) if result.get("succeeded") else None
+
+
+class EnrollRefusal(Enum):
+    CLAIMED = "claimed"  # the name holds a certificate of this profile already
+    FULL = "full"  # the profile's roster is full
+
+
+def _unchanged(key: str, version: int) -> dict[str, Any]:
+    """Compare: `key` is still at mod revision `version` (0: still absent)."""
+    if version == 0:
+        return _absent(key)
+    return {"key": b64(key), "result": "EQUAL", "target": "MOD", "mod_revision": version}
+
+
+def _roster_of(kvs: list[Any]) -> tuple[set[str], int]:
+    if not kvs:
+        return set(), 0
+    kv = kvs[0] if isinstance(kvs[0], KeyValue) else decode_kv(kvs[0])
+    return set(json.loads(kv.value)), kv.mod_revision

@@ -8,6 +8,7 @@ Everything discoverd stores lives under one root, one directory per cluster toke
     /discoverd/v1/clusters/<token>/ca           CaRecord JSON: the CA certificate, its sealed key
     /discoverd/v1/clusters/<token>/certs/<sn>   CertRecord JSON of an issued certificate
     /discoverd/v1/clusters/<token>/enrolled/<profile>/<name>   the serial a name was enrolled with
+    /discoverd/v1/clusters/<token>/roster/<profile>            JSON list of the enrolled names
     /discoverd/v1/names/<name>                  the token a cluster name belongs to (unique)
 
 For example, a 3-member token 3e86b59982e49066c5d813af1c2e2579 with one registered member:
@@ -37,6 +38,7 @@ class KeyKind(Enum):
     CA = "ca"
     CERT = "certs"
     ENROLLED = "enrolled"
+    ROSTER = "roster"
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,12 +88,22 @@ def enrolled(token: str, profile: str, name: str) -> str:
     return f"{CLUSTERS}{token}/enrolled/{profile}/{name}"
 
 
+def roster(token: str, profile: str) -> str:
+    """`/discoverd/v1/clusters/<token>/roster/<profile>`: names enrolled for a profile."""
+    return f"{CLUSTERS}{token}/roster/{profile}"
+
+
 def cluster_name(name: str) -> str:
     """`/discoverd/v1/names/<name>`: its value is the token."""
     return f"{NAMES}{name}"
 
 
-_CHILDREN = {"v2": KeyKind.V2_MEMBER, "members": KeyKind.API_MEMBER, "certs": KeyKind.CERT}
+_CHILDREN = {
+    "v2": KeyKind.V2_MEMBER,
+    "members": KeyKind.API_MEMBER,
+    "certs": KeyKind.CERT,
+    "roster": KeyKind.ROSTER,
+}
 _SINGLES = {"config": KeyKind.CONFIG, "ca": KeyKind.CA}
 
 

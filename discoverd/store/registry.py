@@ -36,7 +36,8 @@ from discoverd.store.gateway import KeyValue
 logger = logging.getLogger(__name__)
 
 ChangeListener = Callable[[frozenset[str]], None]
-_IGNORED = (keys.KeyKind.NAME, keys.KeyKind.ENROLLED)  # checked in etcd transactions only
+# Checked in etcd transactions only, never read from the view.
+_IGNORED = (keys.KeyKind.NAME, keys.KeyKind.ENROLLED, keys.KeyKind.ROSTER)
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import subprocess
 
@@ -340,3 +341,21 @@ async def test_the_ca_outlives_the_bootstrap_window(client, tmp_path, monkeypatc
     assert renewed.status == 200
     assert (await client.get(f"/api/v1/clusters/{token}/crl.pem")).status == 200
     assert (await client.get(f"/api/v1/clusters/{token}")).status == 200
+
+
+async def test_the_enrollment_cap_holds_under_concurrency(client, tmp_path):
+    token = await new_token(client, "size=3")
+    requests = [csr(tmp_path, f"user{i}") for i in range(20)]
+    responses = await asyncio.gather(
+        *(enroll(client, token, f"user{i}", requests[i], profile="client") for i in range(20))
+    )
+    statuses = sorted(r.status for r in responses)
+    assert statuses.count(200) == 3 and statuses.count(403) == 17
+    view = await (await client.get(f"/api/v1/clusters/{token}")).json()
+    assert len([c for c in view["certificates"] if c["profile"] == "client"]) == 3
+    # Revoking one frees its place in the roster.
+    issued = next(c for c in view["certificates"] if c["profile"] == "client")
+    await client.server.app[appkeys.AUTHORITY].revoke(token, issued["serial"])
+    assert (
+        await enroll(client, token, "late", csr(tmp_path, "late"), profile="client")
+    ).status == 200
