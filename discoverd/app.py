@@ -55,7 +55,9 @@ def build_app(settings: Settings) -> web.Application:
     app[appkeys.SETTINGS] = settings
     app[appkeys.METRICS] = Metrics()
     app[appkeys.REGISTRY] = Registry()
-    app[appkeys.NEW_LIMITER] = RateLimiter(settings.new_rate, settings.new_burst)
+    app[appkeys.NEW_LIMITER] = RateLimiter(
+        settings.new_rate, settings.new_burst, trusted_proxies=settings.trusted_proxies
+    )
     app.cleanup_ctx.extend([etcd_ctx, gateway_ctx, registry_ctx, services_ctx, dns_ctx])
     app.on_shutdown.append(_release_waits)
     ops.setup_routes(app)

@@ -46,6 +46,10 @@ _SERVE_FLAGS: dict[str, tuple[str, str]] = {
     "--wait-timeout": ("wait_timeout", "an idle v2 wait ends with an empty 200 after this (50s)"),
     "--new-rate": ("new_rate", "/new requests per second per client address, 0 = off (2)"),
     "--new-burst": ("new_burst", "/new burst per client address (30)"),
+    "--trusted-proxy": (
+        "trusted_proxies",
+        "CIDRs of proxies whose X-Forwarded-For names the client (none)",
+    ),
     "--etcd-timeout": ("etcd_timeout", "timeout of one etcd request (2s)"),
     "--cert-ttl": ("cert_ttl", "lifetime of issued certificates (90d)"),
     "--service-key-file": (

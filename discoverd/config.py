@@ -97,6 +97,7 @@ class Settings(BaseSettings):
     new_burst: int = Field(default=30, ge=1)
     etcd_timeout: float = 2.0
     cert_ttl: float = 90 * 86400
+    trusted_proxies: Annotated[tuple[str, ...], NoDecode] = ()
     service_key_file: Path | None = None
     service_key: SecretStr | None = None
     etcd_binary: Path | None = None
@@ -114,6 +115,13 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             value = [part.strip() for part in value.split(",") if part.strip()]
         return tuple(_check_url(url.rstrip("/"), "--etcd endpoint") for url in value)
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _proxies(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        return tuple(str(ipaddress.ip_network(net, strict=False)) for net in value)
 
     @field_validator("dns_zone")
     @classmethod

@@ -10,11 +10,12 @@ import ipaddress
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from discoverd.errors import RateLimited
 
 MAX_CLIENTS = 100_000
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class RateLimiter:
@@ -26,9 +27,11 @@ class RateLimiter:
         burst: int,
         clock: Callable[[], float] = time.monotonic,
         max_clients: int = MAX_CLIENTS,
+        trusted_proxies: Sequence[str] = (),
     ) -> None:
         self.rate = rate
         self.burst = burst
+        self.trusted = tuple(ipaddress.ip_network(net) for net in trusted_proxies)
         self._clock = clock
         self._max_clients = max_clients
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
@@ -51,6 +54,28 @@ class RateLimiter:
         self._buckets[key] = (tokens - 1.0, now)
         while len(self._buckets) > self._max_clients:
             self._buckets.popitem(last=False)
+
+
+def client_address(
+    peer: str | None, forwarded: str | None, trusted: Sequence[IPNetwork]
+) -> str | None:
+    """The client's address: the peer, or, when the peer is a trusted proxy, the nearest
+    untrusted address of X-Forwarded-For (read from the right: the left is the client's own
+    claim and can be forged)."""
+    if not peer or not forwarded or not _within(peer, trusted):
+        return peer
+    for hop in reversed([part.strip() for part in forwarded.split(",") if part.strip()]):
+        if not _within(hop, trusted):
+            return hop
+    return peer
+
+
+def _within(address: str, networks: Sequence[IPNetwork]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in networks)
 
 
 def client_key(address: str | None) -> str:

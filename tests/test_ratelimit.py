@@ -57,3 +57,22 @@ def test_table_is_bounded():
 )
 def test_client_key(address, key):
     assert client_key(address) == key
+
+
+@pytest.mark.parametrize(
+    ("peer", "forwarded", "client"),
+    [
+        ("10.0.0.5", None, "10.0.0.5"),
+        ("10.0.0.5", "203.0.113.9", "203.0.113.9"),  # a trusted proxy names the client
+        ("198.51.100.7", "203.0.113.9", "198.51.100.7"),  # an untrusted peer cannot claim one
+        ("10.0.0.5", "1.2.3.4, 203.0.113.9", "203.0.113.9"),  # the left part is the client's claim
+        ("10.0.0.5", "203.0.113.9, 10.0.0.6", "203.0.113.9"),  # skip trusted hops from the right
+        ("10.0.0.5", "10.0.0.6", "10.0.0.5"),  # only proxies: the peer
+        ("10.0.0.5", "garbage", "garbage"),
+    ],
+)
+def test_client_address_behind_trusted_proxies(peer, forwarded, client):
+    from discoverd.ratelimit import client_address
+
+    trusted = RateLimiter(1, 1, trusted_proxies=["10.0.0.0/8"]).trusted
+    assert client_address(peer, forwarded, trusted) == client

@@ -23,6 +23,7 @@ from discoverd.discovery import protocol
 from discoverd.discovery.protocol import Target, TokenPath
 from discoverd.errors import Forbidden, Invalid, NotFound, RateLimited
 from discoverd.models import Cluster, Member
+from discoverd.ratelimit import client_address
 
 _UNSUPPORTED_WRITE_PARAMS = ("ttl", "prevValue", "prevIndex", "dir", "refresh", "sorted")
 
@@ -37,7 +38,9 @@ def setup_routes(app: web.Application, prefix: str) -> None:
 async def new_token(request: web.Request) -> web.Response:
     app = request.app
     try:
-        app[appkeys.NEW_LIMITER].check(request.remote)
+        limiter = app[appkeys.NEW_LIMITER]
+        forwarded = request.headers.get("X-Forwarded-For")
+        limiter.check(client_address(request.remote, forwarded, limiter.trusted))
     except RateLimited:
         app[appkeys.METRICS].rate_limited.inc()
         raise

@@ -243,3 +243,16 @@ async def test_new_is_rate_limited_per_address(aiohttp_client, settings):
     assert int(refused.headers["Retry-After"]) >= 1
     assert "too many new tokens" in (await refused.json())["message"]
     assert (await limited.get("/health")).status == 200
+
+
+async def test_new_limits_each_client_behind_a_trusted_proxy(aiohttp_client, settings):
+    from discoverd.app import build_app
+
+    proxied = settings.model_copy(
+        update={"new_rate": 1.0, "new_burst": 1, "trusted_proxies": ("127.0.0.0/8",)}
+    )
+    client = await aiohttp_client(build_app(proxied))
+    one, two = {"X-Forwarded-For": "203.0.113.1"}, {"X-Forwarded-For": "203.0.113.2"}
+    assert (await client.post("/new", headers=one)).status == 200
+    assert (await client.post("/new", headers=one)).status == 429
+    assert (await client.post("/new", headers=two)).status == 200  # another client, its own bucket
