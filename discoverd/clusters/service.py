@@ -18,9 +18,9 @@ from discoverd.discovery import protocol
 from discoverd.discovery.service import DiscoveryService, registration_cap
 from discoverd.dns import names
 from discoverd.dns.view import published
-from discoverd.errors import Invalid, NotFound
+from discoverd.errors import Conflict, Invalid, NotFound
 from discoverd.models import ApiMember, Cluster, MemberRecord
-from discoverd.store.clusters import ClusterStore
+from discoverd.store.clusters import ClusterStore, RegisterOutcome
 
 
 class MemberRequest(BaseModel):
@@ -66,11 +66,17 @@ class ClusterService:
                 f"cluster is full: {len(known)} members for size {cluster.config.size}",
                 cause=name,
             )
-        revision = await self._store.put_api_member(token, name, record, cluster.lease)
-        if revision is None:
+        registration = await self._store.put_api_member(token, name, record, cluster.lease)
+        if registration.outcome is RegisterOutcome.NO_TOKEN:
             raise NotFound("no such cluster", cause=f"/{token}")
-        await self._discovery.settle(revision)
-        return ApiMember(name, record, revision)
+        if registration.outcome is RegisterOutcome.EXISTS:
+            raise Conflict(
+                f"member {name} is registered with other URLs; members are create-only "
+                "(a changed member needs a new name, or a new token)",
+                cause=name,
+            )
+        await self._discovery.settle(registration.revision)
+        return ApiMember(name, record, registration.revision)
 
     async def view(self, token: str) -> dict[str, Any]:
         return self.render(await self._discovery.cluster(token))

@@ -31,6 +31,8 @@ BATCH_MAX = 100  # tokens per transaction (etcd allows 128 operations per list b
 INFLIGHT_MAX = 1
 CATCH_UP = 3.0  # how long a write waits for this replica's view to show it
 LINGER = 0.002  # under load, how long a small batch waits for company
+MISS_READS = 8  # concurrent etcd reads for tokens the view does not know
+MISS_WAIT = 1.0  # how long a lookup waits for one of them
 LINGER_BATCH = 24  # a batch this large goes at once
 
 
@@ -56,6 +58,7 @@ class DiscoveryService:
         self.limits = limits
         self._on_register = on_register
         self._minter = _TokenMinter(store, limits.token_ttl)
+        self._misses = asyncio.Semaphore(MISS_READS)
 
     async def close(self) -> None:
         await self._minter.close()
@@ -100,7 +103,16 @@ class DiscoveryService:
         cluster = self.registry.cluster(token)
         if cluster is not None:
             return cluster
-        revision, stored = await self._store.read_cluster(token)
+        # A view miss costs an etcd read. Bound them, so a flood of made-up tokens cannot
+        # queue registrations behind it in the etcd thread pool; past the bound: 503, fast.
+        try:
+            await asyncio.wait_for(self._misses.acquire(), MISS_WAIT)
+        except TimeoutError:
+            raise Unavailable("too many lookups of unknown tokens; retry") from None
+        try:
+            revision, stored = await self._store.read_cluster(token)
+        finally:
+            self._misses.release()
         if stored is None:
             raise NotFound("Key not found", cause=f"/{token}")
         await self.caught_up(revision)

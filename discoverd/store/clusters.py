@@ -97,23 +97,33 @@ class ClusterStore:
 
     async def put_api_member(
         self, token: str, name: str, record: MemberRecord, lease: int
-    ) -> int | None:
-        """Create or replace a member API record; None if the token does not exist."""
+    ) -> Registration:
+        """Create a member API record, create-only like a v2 registration: putting the same
+        record again is a success (join re-runs), a different one is EXISTS, so a token holder
+        cannot repoint another member's DNS records."""
         config_key = b64(keys.cluster_config(token))
-        put = {
-            "key": b64(keys.api_member(token, name)),
-            "value": b64(record.model_dump_json()),
-            "lease": lease,
-        }
+        member_key = b64(keys.api_member(token, name))
+        value = record.model_dump_json()
         txn = {
             "compare": [
-                {"key": config_key, "result": "GREATER", "target": "CREATE", "create_revision": 0}
+                {"key": config_key, "result": "GREATER", "target": "CREATE", "create_revision": 0},
+                {"key": member_key, "result": "EQUAL", "target": "CREATE", "create_revision": 0},
             ],
-            "success": [{"request_put": put}],
-            "failure": [],
+            "success": [{"request_put": {"key": member_key, "value": b64(value), "lease": lease}}],
+            "failure": [
+                {"request_range": {"key": config_key}},
+                {"request_range": {"key": member_key}},
+            ],
         }
         result = await self._txn(txn, "register a member")
-        return int(result["header"]["revision"]) if result.get("succeeded") else None
+        revision = int(result["header"]["revision"])
+        if result.get("succeeded"):
+            return Registration(RegisterOutcome.CREATED, revision)
+        config_kvs, member_kvs = (_range_kvs(r) for r in result.get("responses", []))
+        if not config_kvs:
+            return Registration(RegisterOutcome.NO_TOKEN, revision)
+        same = MemberRecord.model_validate_json(member_kvs[0].value) == record
+        return Registration(RegisterOutcome.CREATED if same else RegisterOutcome.EXISTS, revision)
 
     async def _txn(self, txn: dict[str, Any], what: str) -> dict[str, Any]:
         return await checked_txn(self._gateway, txn, what)

@@ -16,14 +16,18 @@ async def new_token(client, query="size=3") -> str:
     return (await response.text()).rsplit("/", 1)[1]
 
 
-async def test_member_api_registers_and_updates(client):
+async def test_member_api_registers_create_only(client):
     token = await new_token(client)
     body = {"peer_urls": ["https://10.0.0.1:2380"], "client_urls": ["https://10.0.0.1:2379"]}
     response = await client.put(f"/api/v1/clusters/{token}/members/infra0", json=body)
     assert response.status == 200
     assert await response.json() == {"name": "infra0", **body}
-    body["client_urls"] = ["https://10.0.0.1:2379", "https://10.0.0.1:12379"]
+    # The same record again is fine (join re-runs); another one would repoint DNS: refused.
     assert (await client.put(f"/api/v1/clusters/{token}/members/infra0", json=body)).status == 200
+    hijack = {"peer_urls": ["https://10.6.6.6:2380"], "client_urls": ["https://10.6.6.6:2379"]}
+    refused = await client.put(f"/api/v1/clusters/{token}/members/infra0", json=hijack)
+    assert refused.status == 409 and "create-only" in (await refused.json())["message"]
+    body["client_urls"] = ["https://10.0.0.1:2379"]
     await client.put(
         f"/{token}/8e9e05c52164694d", data="value=infra1=http://10.0.0.2:2380", headers=FORM
     )

@@ -256,3 +256,24 @@ async def test_new_limits_each_client_behind_a_trusted_proxy(aiohttp_client, set
     assert (await client.post("/new", headers=one)).status == 200
     assert (await client.post("/new", headers=one)).status == 429
     assert (await client.post("/new", headers=two)).status == 200  # another client, its own bucket
+
+
+async def test_unknown_token_lookups_are_bounded(client):
+    from discoverd import appkeys
+
+    service = client.server.app[appkeys.DISCOVERY]
+    token = await new_token(client)
+    assert (await client.get(f"/{token}/_config/size")).status == 200  # now in the view
+    for _ in range(8):
+        await service._misses.acquire()  # every miss slot busy, as under a flood of made-up tokens
+    try:
+        started = time.monotonic()
+        response = await client.get("/" + "9" * 32 + "/_config/size")
+        assert response.status == 503
+        assert "too many lookups" in (await response.json())["message"]
+        assert time.monotonic() - started < 3
+        # Known tokens are served from the view meanwhile.
+        assert (await client.get(f"/{token}/_config/size")).status == 200
+    finally:
+        for _ in range(8):
+            service._misses.release()
