@@ -101,67 +101,55 @@ class ClusterStore:
         """Create a member API record, create-only like a v2 registration: putting the same
         record again is a success (join re-runs), a different one is EXISTS, so a token holder
         cannot repoint another member's DNS records."""
-        config_key = b64(keys.cluster_config(token))
-        member_key = b64(keys.api_member(token, name))
-        value = record.model_dump_json()
-        txn = {
-            "compare": [
-                {"key": config_key, "result": "GREATER", "target": "CREATE", "create_revision": 0},
-                {"key": member_key, "result": "EQUAL", "target": "CREATE", "create_revision": 0},
-            ],
-            "success": [{"request_put": {"key": member_key, "value": b64(value), "lease": lease}}],
-            "failure": [
-                {"request_range": {"key": config_key}},
-                {"request_range": {"key": member_key}},
-            ],
-        }
-        result = await self._txn(txn, "register a member")
-        revision = int(result["header"]["revision"])
-        if result.get("succeeded"):
-            return Registration(RegisterOutcome.CREATED, revision)
-        config_kvs, member_kvs = (_range_kvs(r) for r in result.get("responses", []))
-        if not config_kvs:
-            return Registration(RegisterOutcome.NO_TOKEN, revision)
-        same = MemberRecord.model_validate_json(member_kvs[0].value) == record
-        return Registration(RegisterOutcome.CREATED if same else RegisterOutcome.EXISTS, revision)
-
-    async def _txn(self, txn: dict[str, Any], what: str) -> dict[str, Any]:
-        return await checked_txn(self._gateway, txn, what)
+        key = keys.api_member(token, name)
+        revision, outcome, existing = await self._create_child(
+            token, key, record.model_dump_json(), lease, "register a member"
+        )
+        same = existing is not None and MemberRecord.model_validate_json(existing.value) == record
+        return Registration(RegisterOutcome.CREATED if same else outcome, revision)
 
     async def register_v2(self, token: str, member_id: str, value: str, lease: int) -> Registration:
         """Create `v2/<member_id>` under an existing token, attached to the token's lease."""
+        key = keys.v2_member(token, member_id)
+        try:
+            revision, outcome, existing = await self._create_child(
+                token, key, value, lease, "register"
+            )
+        except LeaseGone as exc:  # the token expired between read and write
+            raise NotFound("the discovery token has expired") from exc
+        if outcome is RegisterOutcome.CREATED:
+            return Registration(outcome, revision, Member(member_id, value, revision))
+        if existing is None:
+            return Registration(outcome, revision)
+        text = existing.value.decode(errors="replace")
+        return Registration(outcome, revision, Member(member_id, text, existing.create_revision))
+
+    async def _create_child(
+        self, token: str, key: str, value: str, lease: int, what: str
+    ) -> tuple[int, RegisterOutcome, KeyValue | None]:
+        """Create `key` under an existing token, in one transaction: CREATED, NO_TOKEN, or
+        EXISTS with the key-value that is there."""
         config_key = b64(keys.cluster_config(token))
-        member_key = b64(keys.v2_member(token, member_id))
+        child = b64(key)
         txn = {
             "compare": [
                 {"key": config_key, "result": "GREATER", "target": "CREATE", "create_revision": 0},
-                {"key": member_key, "result": "EQUAL", "target": "CREATE", "create_revision": 0},
+                {"key": child, "result": "EQUAL", "target": "CREATE", "create_revision": 0},
             ],
-            "success": [{"request_put": {"key": member_key, "value": b64(value), "lease": lease}}],
-            "failure": [
-                {"request_range": {"key": config_key}},
-                {"request_range": {"key": member_key}},
-            ],
+            "success": [{"request_put": {"key": child, "value": b64(value), "lease": lease}}],
+            "failure": [{"request_range": {"key": config_key}}, {"request_range": {"key": child}}],
         }
-        try:
-            result = await self._gateway.txn(txn)
-        except EtcdRejected as exc:
-            if "lease not found" in exc.detail:  # the token expired between read and write
-                raise NotFound("the discovery token has expired") from exc
-            raise Unavailable(f"etcd refused the registration: {exc.detail}") from exc
+        result = await self._txn(txn, what)
         revision = int(result["header"]["revision"])
         if result.get("succeeded"):
-            return Registration(
-                RegisterOutcome.CREATED, revision, Member(member_id, value, revision)
-            )
-        config_kvs, member_kvs = (_range_kvs(r) for r in result.get("responses", []))
+            return revision, RegisterOutcome.CREATED, None
+        config_kvs, child_kvs = (_range_kvs(r) for r in result.get("responses", []))
         if not config_kvs:
-            return Registration(RegisterOutcome.NO_TOKEN, revision)
-        existing = member_kvs[0]
-        member = Member(
-            member_id, existing.value.decode(errors="replace"), existing.create_revision
-        )
-        return Registration(RegisterOutcome.EXISTS, revision, member)
+            return revision, RegisterOutcome.NO_TOKEN, None
+        return revision, RegisterOutcome.EXISTS, child_kvs[0]
+
+    async def _txn(self, txn: dict[str, Any], what: str) -> dict[str, Any]:
+        return await checked_txn(self._gateway, txn, what)
 
     async def read_cluster(self, token: str) -> tuple[int, StoredCluster | None]:
         """A linearizable read of one token's config, with the revision it was read at."""
