@@ -441,9 +441,9 @@ def wait_registered(token_url: str, count: int, timeout: float = MEMBER_READY_TI
 class BackingEtcd:
     """A single-member etcd for discoverd's `--etcd`, restartable on the SAME ports.
 
-    `discoverd.store.embedded.EmbeddedEtcd` picks new free ports at every `start()`, so a
-    discoverd pointed at it with `--etcd` could not find it again after a restart. This one
-    picks its ports once, in the constructor.
+    Unlike `discoverd.store.embedded.EmbeddedEtcd` (which also keeps its ports across restarts
+    of one object), it runs any etcd binary with that binary's own environment (etcd 3.4 too).
+    It picks its ports once, in the constructor.
     """
 
     def __init__(self, data_dir: Path, binary: EtcdBinary | None = None) -> None:
