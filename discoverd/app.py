@@ -5,7 +5,7 @@ Resources start in this order and stop in reverse (aiohttp `cleanup_ctx`):
     etcd      the embedded etcd process (only without --etcd) -> ENDPOINTS
     gateway   the etcd3gw facade and its thread pool          -> GATEWAY
     registry  the in-memory view, its watch thread and probe  -> REGISTRY
-    services  the discovery and cluster services, the CA      -> DISCOVERY, CLUSTERS, AUTHORITY
+    services  the directory, the cluster service, the CA    -> DIRECTORY, CLUSTERS, AUTHORITY
     dns       the zone, fed by registry changes; UDP+TCP      -> DNS_RESPONDER, DNS_SERVER
 
 Long-poll waits are released on shutdown, so a stopping replica answers them with an empty 200
@@ -28,8 +28,8 @@ from discoverd.certs.authority import Authority
 from discoverd.clusters import handlers as cluster_handlers
 from discoverd.clusters.service import ClusterService
 from discoverd.config import Settings, specific_address
-from discoverd.discovery import handlers as discovery_handlers
-from discoverd.discovery.service import DiscoveryService, Limits
+from discoverd.directory.service import Directory, Limits
+from discoverd.discovery.v2 import handlers as v2_handlers
 from discoverd.dns.server import DnsServer
 from discoverd.dns.view import published
 from discoverd.dns.wire import Responder
@@ -63,7 +63,7 @@ def build_app(settings: Settings) -> web.Application:
     ops.setup_routes(app)
     cluster_handlers.setup_routes(app, settings.route_prefix)
     cert_handlers.setup_routes(app, settings.route_prefix)
-    discovery_handlers.setup_routes(app, settings.route_prefix)
+    v2_handlers.setup_routes(app, settings.route_prefix)
     return app
 
 
@@ -117,13 +117,13 @@ async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
 async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[appkeys.SETTINGS]
     metrics = app[appkeys.METRICS]
-    service = DiscoveryService(
+    service = Directory(
         app[appkeys.REGISTRY],
         ClusterStore(app[appkeys.GATEWAY]),
         Limits(settings.default_size, settings.max_size, settings.token_ttl),
         on_register=lambda result: metrics.registrations.labels(result).inc(),
     )
-    app[appkeys.DISCOVERY] = service
+    app[appkeys.DIRECTORY] = service
     gateway = app[appkeys.GATEWAY]
     authority = Authority(
         service,

@@ -7,7 +7,7 @@ from aiohttp import web
 from discoverd.certs.authority import Authority
 from discoverd.clusters.service import ClusterService
 from discoverd.config import Settings
-from discoverd.discovery.service import DiscoveryService
+from discoverd.directory.service import Directory
 from discoverd.dns.server import DnsServer
 from discoverd.dns.wire import Responder
 from discoverd.metrics import Metrics
@@ -20,7 +20,7 @@ METRICS = web.AppKey("metrics", Metrics)
 ENDPOINTS = web.AppKey[tuple[str, ...]]("etcd_endpoints")
 GATEWAY = web.AppKey("gateway", EtcdGateway)
 REGISTRY = web.AppKey("registry", Registry)
-DISCOVERY = web.AppKey("discovery", DiscoveryService)
+DIRECTORY = web.AppKey("directory", Directory)
 NEW_LIMITER = web.AppKey("new_limiter", RateLimiter)
 CLUSTERS = web.AppKey("clusters", ClusterService)
 AUTHORITY = web.AppKey("authority", Authority)

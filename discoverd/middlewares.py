@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from discoverd import appkeys
-from discoverd.discovery import protocol
+from discoverd.discovery.v2 import protocol
 from discoverd.errors import (
     Conflict,
     DiscoverdError,

@@ -25,7 +25,7 @@ from cryptography import x509 as cx509
 
 from discoverd.certs import policy, x509
 from discoverd.certs.x509 import Profile
-from discoverd.discovery.service import DiscoveryService
+from discoverd.directory.service import Directory
 from discoverd.errors import Conflict, Forbidden, Invalid, Unavailable
 from discoverd.models import CaRecord, CertRecord, Cluster
 from discoverd.store.certificates import CertificateStore, EnrollRefusal
@@ -46,7 +46,7 @@ class Issued:
 class Authority:
     def __init__(
         self,
-        discovery: DiscoveryService,
+        discovery: Directory,
         store: CertificateStore,
         service_key: bytes,
         zone: str,

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from discoverd import appkeys, jsonbody
 from discoverd.certs.authority import Issued
-from discoverd.discovery import protocol
+from discoverd.directory import rules
 from discoverd.errors import DiscoverdError, Invalid
 
 PEM = "application/x-pem-file"
@@ -23,7 +23,7 @@ PEM = "application/x-pem-file"
 class EnrollRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    token: str = Field(pattern=protocol.TOKEN_RE.pattern)
+    token: str = Field(pattern=rules.TOKEN_RE.pattern)
     name: str = Field(min_length=1, max_length=64)
     csr: str = Field(min_length=1, max_length=16384)
     profile: str = "peer"
@@ -32,7 +32,7 @@ class EnrollRequest(BaseModel):
 class RenewRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    token: str = Field(pattern=protocol.TOKEN_RE.pattern)
+    token: str = Field(pattern=rules.TOKEN_RE.pattern)
     certificate: str = Field(min_length=1, max_length=16384)
     csr: str = Field(min_length=1, max_length=16384)
 
@@ -99,6 +99,6 @@ def _issued(request: web.Request, issued: Issued, renewed: bool = False) -> web.
 
 def _token(request: web.Request) -> str:
     token = request.match_info["token"]
-    if not protocol.TOKEN_RE.fullmatch(token):
+    if not rules.TOKEN_RE.fullmatch(token):
         raise Invalid("a discovery token is 32 lowercase hex characters", cause=token[:64])
     return token

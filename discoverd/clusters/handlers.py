@@ -9,7 +9,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from discoverd import appkeys
-from discoverd.discovery import protocol
+from discoverd.directory import rules
 from discoverd.errors import Invalid
 
 
@@ -21,7 +21,7 @@ def setup_routes(app: web.Application, prefix: str) -> None:
 
 def _token(request: web.Request) -> str:
     token = request.match_info["token"]
-    if not protocol.TOKEN_RE.fullmatch(token):
+    if not rules.TOKEN_RE.fullmatch(token):
         raise Invalid("a discovery token is 32 lowercase hex characters", cause=token[:64])
     return token
 

@@ -14,8 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from discoverd import jsonbody
 from discoverd.certs import x509
-from discoverd.discovery import protocol
-from discoverd.discovery.service import DiscoveryService, registration_cap
+from discoverd.directory import rules
+from discoverd.directory.service import Directory, registration_cap
 from discoverd.dns import names
 from discoverd.dns.view import published
 from discoverd.errors import Conflict, Invalid, NotFound
@@ -28,14 +28,14 @@ class MemberRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    peer_urls: list[str] = Field(min_length=1, max_length=protocol.MAX_PEER_URLS)
-    client_urls: list[str] = Field(default_factory=list, max_length=protocol.MAX_PEER_URLS)
+    peer_urls: list[str] = Field(min_length=1, max_length=rules.MAX_PEER_URLS)
+    client_urls: list[str] = Field(default_factory=list, max_length=rules.MAX_PEER_URLS)
 
 
 class ClusterService:
     def __init__(
         self,
-        discovery: DiscoveryService,
+        discovery: Directory,
         store: ClusterStore,
         zone: str,
         token_ttl: float,
@@ -55,7 +55,7 @@ class ClusterService:
             )
         request = jsonbody.parse(body, MemberRequest, '{"peer_urls": [...], "client_urls": [...]}')
         for url in (*request.peer_urls, *request.client_urls):
-            protocol.check_peer_url(url)
+            rules.check_peer_url(url)
         record = MemberRecord(
             peer_urls=tuple(request.peer_urls), client_urls=tuple(request.client_urls)
         )

@@ -322,7 +322,7 @@ async def test_the_ca_outlives_the_bootstrap_window(client, tmp_path, monkeypatc
     # After the bootstrap window (--token-ttl) discovery and enrollment are closed...
     import time as real_time
 
-    import discoverd.discovery.service as service_module
+    import discoverd.directory.service as service_module
 
     later = real_time.time() + 8 * 86400
     monkeypatch.setattr(service_module.time, "time", lambda: later)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from discoverd.app import build_app
-from discoverd.discovery import protocol
+from discoverd.directory import rules
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
@@ -58,7 +58,7 @@ async def test_member_api_registers_create_only(client):
 
 
 async def test_named_cluster(client):
-    name = "prod-" + protocol.new_token()[:8]
+    name = "prod-" + rules.new_token()[:8]
     token = await new_token(client, f"size=3&name={name}")
     view = await (await client.get(f"/api/v1/clusters/{token}")).json()
     assert view["name"] == name

@@ -1,10 +1,9 @@
-"""Discovery use cases: mint a token, read a cluster, register a member, wait for members.
+"""The cluster directory, below every face: mint a token, look a cluster up, register a member,
+wait for members.
 
 Reads come from the registry view; writes go to etcd through `ClusterStore` and return only once
-this replica's view shows them (read-your-writes). Tokens are minted in group commits: the
-`/new` requests that arrive while a transaction is in flight share the next one, so a burst
-costs a few etcd round trips, not one per request. Tokens created in the same minute share an
-etcd lease that outlives every one of them by `--token-ttl`.
+this replica's view shows them (read-your-writes). Tokens are minted in group commits
+(`directory.minting`).
 """
 
 from __future__ import annotations
@@ -17,23 +16,18 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from discoverd.discovery import protocol
-from discoverd.errors import Conflict, DiscoverdError, Invalid, NameTaken, NotFound, Unavailable
+from discoverd.directory import rules
+from discoverd.directory.minting import TokenMinter
+from discoverd.errors import Conflict, Invalid, NameTaken, NotFound, Unavailable
 from discoverd.models import Cluster, ClusterConfig, Member
-from discoverd.store.clusters import ClusterStore, LeaseGone, RegisterOutcome
+from discoverd.store.clusters import ClusterStore, RegisterOutcome
 from discoverd.store.registry import Registry
 
 logger = logging.getLogger(__name__)
 
-BATCH_MAX = 100  # tokens per transaction (etcd allows 128 operations per list by default)
-# One transaction in flight: the requests that arrive meanwhile fill the next one. Measured on
-# 2 cores, this gives ~3x bigger batches and more tokens per second than 4 in flight.
-INFLIGHT_MAX = 1
 CATCH_UP = 3.0  # how long a write waits for this replica's view to show it
-LINGER = 0.002  # under load, how long a small batch waits for company
 MISS_READS = 8  # concurrent etcd reads for tokens the view does not know
 MISS_WAIT = 1.0  # how long a lookup waits for one of them
-LINGER_BATCH = 24  # a batch this large goes at once
 
 
 @dataclass(frozen=True)
@@ -43,8 +37,8 @@ class Limits:
     token_ttl: float
 
 
-class DiscoveryService:
-    """What the v2 discovery routes can do, independent of HTTP."""
+class Directory:
+    """The clusters as every face sees them: mint, look up, register, wait."""
 
     def __init__(
         self,
@@ -57,7 +51,7 @@ class DiscoveryService:
         self._store = store
         self.limits = limits
         self._on_register = on_register
-        self._minter = _TokenMinter(store, limits.token_ttl)
+        self._minter = TokenMinter(store, limits.token_ttl)
         self._misses = asyncio.Semaphore(MISS_READS)
 
     async def close(self) -> None:
@@ -90,7 +84,7 @@ class DiscoveryService:
             raise Invalid(exc.errors()[0]["msg"].removeprefix("Value error, ")) from exc
         if name is None:
             return await self._minter.mint(config)
-        token = protocol.new_token()
+        token = rules.new_token()
         if await self._minter.create_named(token, config) is None:
             raise NameTaken(f"cluster name {name!r} is taken", cause=name)
         return token
@@ -133,7 +127,7 @@ class DiscoveryService:
     # -- registrations ------------------------------------------------------------------------
 
     async def register(self, token: str, member_id: str, value: str) -> Member:
-        value = protocol.parse_member_value(value)
+        value = rules.parse_member_value(value)
         cluster = await self.bootstrap_cluster(token)
         cap = registration_cap(cluster.config.size)
         if len(cluster.members) >= cap and cluster.member(member_id) is None:
@@ -181,110 +175,3 @@ def registration_cap(size: int) -> int:
     """How many members a cluster of `size` may register: late racers still need to find
     themselves outside the first `size` (etcd's own "cluster is full"), but no more."""
     return max(2 * size, size + 2)
-
-
-class _TokenMinter:
-    """Group commit of new tokens: one etcd transaction for every request that waited."""
-
-    def __init__(self, store: ClusterStore, token_ttl: float) -> None:
-        self._store = store
-        self._ttl = token_ttl
-        self._bucket = min(60.0, token_ttl / 100)
-        self._pending: list[tuple[str, ClusterConfig, asyncio.Future[str]]] = []
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._lease = 0
-        self._lease_until = 0.0
-        self._lease_lock = asyncio.Lock()
-        self._linger: asyncio.TimerHandle | None = None
-        self._busy = False  # the last batch had company: more requests are likely coming
-
-    async def mint(self, config: ClusterConfig) -> str:
-        token = protocol.new_token()
-        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._pending.append((token, config, future))
-        self._kick()
-        return await future  # the token that was committed (a collision mints another)
-
-    async def create_named(self, token: str, config: ClusterConfig) -> int | None:
-        """A named token in a transaction of its own (the name must be claimed with it)."""
-        try:
-            return await self._store.create_named_cluster(
-                token, config, await self._current_lease()
-            )
-        except LeaseGone:
-            self._lease_until = 0.0
-            return await self._store.create_named_cluster(
-                token, config, await self._current_lease()
-            )
-
-    async def close(self) -> None:
-        if self._linger is not None:
-            self._linger.cancel()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    def _kick(self) -> None:
-        if self._linger is not None or not self._pending or len(self._tasks) >= INFLIGHT_MAX:
-            return
-        if len(self._pending) < LINGER_BATCH and self._busy:
-            # Under load, wait a moment for more requests: one transaction for twice the
-            # tokens costs far less than two. An idle minter commits at once.
-            self._linger = asyncio.get_running_loop().call_later(LINGER, self._flush)
-            return
-        self._flush()
-
-    def _flush(self) -> None:
-        self._linger = None
-        if not self._pending or len(self._tasks) >= INFLIGHT_MAX:
-            return
-        batch, self._pending = self._pending[:BATCH_MAX], self._pending[BATCH_MAX:]
-        self._busy = len(batch) > 1
-        task = asyncio.create_task(self._commit(batch))
-        self._tasks.add(task)
-        task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        self._kick()
-
-    async def _commit(self, batch: list[tuple[str, ClusterConfig, asyncio.Future[str]]]) -> None:
-        try:
-            revision = await self._create({token: config for token, config, _ in batch})
-        except Exception as exc:  # every waiter must get an answer, whatever went wrong
-            if not isinstance(exc, DiscoverdError):
-                logger.exception("token batch failed")
-                exc = Unavailable("token creation failed")
-            for _, _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            return
-        except asyncio.CancelledError:
-            for _, _, future in batch:
-                future.cancel()
-            raise
-        if revision is None:  # a 128-bit token collided: mint those requests again
-            logger.warning("token collision in a batch of %d; minting again", len(batch))
-            for _, config, future in batch:
-                self._pending.append((protocol.new_token(), config, future))
-            return
-        for committed, _, future in batch:
-            if not future.done():
-                future.set_result(committed)
-
-    async def _create(self, configs: dict[str, ClusterConfig]) -> int | None:
-        lease = await self._current_lease()
-        try:
-            return await self._store.create_clusters(configs, lease)
-        except LeaseGone:  # the shared lease was revoked or lost: take a new one, once
-            logger.warning("token lease is gone; granting a new one")
-            self._lease_until = 0.0
-            return await self._store.create_clusters(configs, await self._current_lease())
-
-    async def _current_lease(self) -> int:
-        async with self._lease_lock:
-            now = time.monotonic()
-            if now >= self._lease_until:
-                self._lease = await self._store.grant_lease(int(self._ttl + self._bucket) + 1)
-                self._lease_until = now + self._bucket
-            return self._lease

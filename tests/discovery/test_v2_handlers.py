@@ -261,7 +261,7 @@ async def test_new_limits_each_client_behind_a_trusted_proxy(aiohttp_client, set
 async def test_unknown_token_lookups_are_bounded(client):
     from discoverd import appkeys
 
-    service = client.server.app[appkeys.DISCOVERY]
+    service = client.server.app[appkeys.DIRECTORY]
     token = await new_token(client)
     assert (await client.get(f"/{token}/_config/size")).status == 200  # now in the view
     for _ in range(8):

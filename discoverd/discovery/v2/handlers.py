@@ -19,8 +19,9 @@ from aiohttp import web
 from multidict import MultiDict
 
 from discoverd import appkeys
-from discoverd.discovery import protocol
-from discoverd.discovery.protocol import Target, TokenPath
+from discoverd.directory import rules
+from discoverd.discovery.v2 import protocol
+from discoverd.discovery.v2.protocol import Target, TokenPath
 from discoverd.errors import Forbidden, Invalid, NotFound, RateLimited
 from discoverd.models import Cluster, Member
 from discoverd.ratelimit import client_address
@@ -48,15 +49,15 @@ async def new_token(request: web.Request) -> web.Response:
     if request.method == "POST" and request.content_type in _FORM_TYPES:
         form = await request.post()
         params.extend((k, v) for k, v in form.items() if isinstance(v, str))
-    service = app[appkeys.DISCOVERY]
-    size = protocol.parse_size(
+    service = app[appkeys.DIRECTORY]
+    size = rules.parse_size(
         params.get("size"), default=service.limits.default_size, maximum=service.limits.max_size
     )
-    name = protocol.parse_cluster_name(params.get("name"))
+    name = rules.parse_cluster_name(params.get("name"))
     cidrs = _listed(params.getall("cidr", []))
     dns = _listed(params.getall("dns", []))
     clients = params.get("clients")
-    if clients is not None and not protocol.INDEX_RE.fullmatch(clients):
+    if clients is not None and not rules.INDEX_RE.fullmatch(clients):
         raise Invalid(
             "clients must be a whole number (client certificate names)", cause=clients[:16]
         )
@@ -84,7 +85,7 @@ async def token_route(request: web.Request) -> web.StreamResponse:
 
 
 async def _get(request: web.Request, path: TokenPath) -> web.Response:
-    cluster = await request.app[appkeys.DISCOVERY].bootstrap_cluster(path.token)
+    cluster = await request.app[appkeys.DIRECTORY].bootstrap_cluster(path.token)
     memo = f"{path.target.value}/{path.member_id}"
     body = cluster.memo.get(memo)
     if body is None:
@@ -107,10 +108,10 @@ def _node(cluster: Cluster, path: TokenPath) -> dict[str, Any]:
 
 async def _wait(request: web.Request, path: TokenPath) -> web.StreamResponse:
     app = request.app
-    service = app[appkeys.DISCOVERY]
+    service = app[appkeys.DIRECTORY]
     registry = app[appkeys.REGISTRY]
     raw_index = request.query.get("waitIndex", "0")
-    if not protocol.INDEX_RE.fullmatch(raw_index):
+    if not rules.INDEX_RE.fullmatch(raw_index):
         raise Invalid("waitIndex must be a non-negative integer", cause=raw_index[:32])
     # During an etcd outage a wait on a known token is held (the view resumes when etcd is
     # back); only a token this replica has never seen needs etcd, and gets 503 meanwhile.
@@ -163,7 +164,7 @@ async def _put(request: web.Request, path: TokenPath) -> web.Response:
     value = params.get("value")
     if value is None:
         raise Invalid("value is required: value=name=peerURL", cause=path.key)
-    member = await request.app[appkeys.DISCOVERY].register(path.token, path.member_id, value)
+    member = await request.app[appkeys.DIRECTORY].register(path.token, path.member_id, value)
     return _reply(request, "create", protocol.member_node(path.token, member), status=201)
 
 

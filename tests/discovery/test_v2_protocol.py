@@ -7,8 +7,9 @@ import re
 
 import pytest
 
-from discoverd.discovery import protocol
-from discoverd.discovery.protocol import Target
+from discoverd.directory import rules
+from discoverd.discovery.v2 import protocol
+from discoverd.discovery.v2.protocol import Target
 from discoverd.errors import Invalid, TooLarge
 from discoverd.models import Cluster, ClusterConfig, Member
 
@@ -16,7 +17,7 @@ TOKEN = "3e86b59982e49066c5d813af1c2e2579"
 
 
 def test_new_token_is_32_lowercase_hex_and_unique():
-    tokens = {protocol.new_token() for _ in range(200)}
+    tokens = {rules.new_token() for _ in range(200)}
     assert len(tokens) == 200
     assert all(re.fullmatch(r"[0-9a-f]{32}", token) for token in tokens)
 
@@ -26,7 +27,7 @@ def test_new_token_is_32_lowercase_hex_and_unique():
     [(None, 3), ("", 3), ("1", 1), ("5", 5), ("99", 99), (" 7 ", 7)],
 )
 def test_parse_size_accepts(raw, expected):
-    assert protocol.parse_size(raw, default=3, maximum=99) == expected
+    assert rules.parse_size(raw, default=3, maximum=99) == expected
 
 
 @pytest.mark.parametrize(
@@ -34,7 +35,7 @@ def test_parse_size_accepts(raw, expected):
 )
 def test_parse_size_refuses(raw):
     with pytest.raises(Invalid, match="size must be a whole number from 1 to 99"):
-        protocol.parse_size(raw, default=3, maximum=99)
+        rules.parse_size(raw, default=3, maximum=99)
 
 
 @pytest.mark.parametrize(
@@ -83,7 +84,7 @@ def test_parse_token_path_refuses(token, rest):
     ],
 )
 def test_member_value_accepts(value):
-    assert protocol.parse_member_value(value) == value
+    assert rules.parse_member_value(value) == value
 
 
 @pytest.mark.parametrize(
@@ -108,12 +109,12 @@ def test_member_value_accepts(value):
 )
 def test_member_value_refuses(value, reason):
     with pytest.raises(Invalid, match=reason):
-        protocol.parse_member_value(value)
+        rules.parse_member_value(value)
 
 
 def test_member_value_size_is_bounded():
     with pytest.raises(TooLarge):
-        protocol.parse_member_value("a=http://" + "h" * 5000 + ":2380")
+        rules.parse_member_value("a=http://" + "h" * 5000 + ":2380")
 
 
 def test_rendered_directory_is_what_etcd_decodes():
@@ -153,7 +154,7 @@ def test_error_body_is_v2_json():
 
 def test_error_cause_echo_is_clipped():
     with pytest.raises(Invalid) as caught:
-        protocol.parse_size("x" * 500, default=3, maximum=99)
+        rules.parse_size("x" * 500, default=3, maximum=99)
     assert len(caught.value.cause) < 80
 
 
@@ -168,4 +169,4 @@ def test_error_cause_echo_is_clipped():
 )
 def test_peer_hosts_that_dns_cannot_publish_are_refused(value):
     with pytest.raises(Invalid, match="peer URL host"):
-        protocol.parse_member_value(value)
+        rules.parse_member_value(value)
