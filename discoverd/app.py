@@ -134,7 +134,13 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     app[appkeys.AUTHORITY] = authority
     app[appkeys.CLUSTERS] = ClusterService(
-        service, ClusterStore(gateway), settings.dns_zone, settings.token_ttl, settings.base_url
+        service,
+        ClusterStore(gateway),
+        settings.dns_zone,
+        settings.token_ttl,
+        settings.base_url,
+        v3_endpoints=settings.v3_endpoints,
+        v3_tls=settings.grpc_tls,
     )
     try:
         yield

@@ -38,6 +38,13 @@ _SERVE_FLAGS: dict[str, tuple[str, str]] = {
         "base of the URLs that /new hands out (default http://<listen>)",
     ),
     "--etcd": ("etcd", "backing etcd client URLs, comma-separated (default: embedded etcd)"),
+    "--grpc-listen": ("grpc_listen", "etcd v3 discovery (gRPC) HOST:PORT (127.0.0.1:8379)"),
+    "--grpc-public-endpoints": (
+        "grpc_public_endpoints",
+        "HOST:PORT list that `new` and the cluster view hand to v3 members (default <grpc-listen>)",
+    ),
+    "--grpc-cert": ("grpc_cert", "PEM certificate for TLS on the gRPC listener (none: plaintext)"),
+    "--grpc-key": ("grpc_key", "PEM key of --grpc-cert"),
     "--dns-listen": ("dns_listen", "DNS responder HOST:PORT, UDP and TCP (127.0.0.1:8053)"),
     "--dns-zone": ("dns_zone", "zone the DNS responder is authoritative for (etcd.internal)"),
     "--data-dir": ("data_dir", "embedded etcd data (default ./discoverd-data)"),

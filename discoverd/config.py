@@ -85,6 +85,10 @@ class Settings(BaseSettings):
 
     listen: Annotated[HostPort, NoDecode] = HostPort(host="127.0.0.1", port=8087)
     public_url: str | None = None
+    grpc_listen: Annotated[HostPort, NoDecode] = HostPort(host="127.0.0.1", port=8379)
+    grpc_public_endpoints: Annotated[tuple[str, ...], NoDecode] = ()
+    grpc_cert: Path | None = None
+    grpc_key: Path | None = None
     dns_listen: Annotated[HostPort, NoDecode] = HostPort(host="127.0.0.1", port=8053)
     dns_zone: str = "etcd.internal"
     etcd: Annotated[tuple[str, ...], NoDecode] = ()
@@ -104,7 +108,7 @@ class Settings(BaseSettings):
     log_level: str = "info"
     log_format: str = "json"
 
-    @field_validator("listen", "dns_listen", mode="before")
+    @field_validator("listen", "dns_listen", "grpc_listen", mode="before")
     @classmethod
     def _listen(cls, value: Any) -> Any:
         return HostPort.parse(value) if isinstance(value, str) else value
@@ -115,6 +119,13 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             value = [part.strip() for part in value.split(",") if part.strip()]
         return tuple(_check_url(url.rstrip("/"), "--etcd endpoint") for url in value)
+
+    @field_validator("grpc_public_endpoints", mode="before")
+    @classmethod
+    def _grpc_public(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        return tuple(str(HostPort.parse(endpoint)) for endpoint in value)
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod
@@ -164,6 +175,8 @@ class Settings(BaseSettings):
             raise ValueError("--wait-timeout above 1h would hold connections forever")
         if self.token_ttl < 60:
             raise ValueError("--token-ttl below 60s cannot outlive a bootstrap")
+        if (self.grpc_cert is None) != (self.grpc_key is None):
+            raise ValueError("--grpc-cert and --grpc-key go together")
         if self.cert_ttl < 3600:
             raise ValueError("--cert-ttl below 1h would expire before a member is up")
         return self
@@ -172,6 +185,17 @@ class Settings(BaseSettings):
     def base_url(self) -> str:
         """Base of the URLs that `/new` hands out."""
         return self.public_url or self.listen.url()
+
+    @property
+    def v3_endpoints(self) -> tuple[str, ...]:
+        """The `--discovery-endpoints` that v3 members are told to use."""
+        if self.grpc_public_endpoints:
+            return self.grpc_public_endpoints
+        return (self.grpc_listen.url().partition("://")[2],)
+
+    @property
+    def grpc_tls(self) -> bool:
+        return self.grpc_cert is not None
 
     @property
     def route_prefix(self) -> str:

@@ -40,12 +40,17 @@ class ClusterService:
         zone: str,
         token_ttl: float,
         base_url: str,
+        *,
+        v3_endpoints: tuple[str, ...] = (),
+        v3_tls: bool = False,
     ) -> None:
         self._discovery = discovery
         self._store = store
         self._zone = zone.rstrip(".")
         self._ttl = token_ttl
         self._base_url = base_url
+        self._v3_endpoints = v3_endpoints
+        self._v3_tls = v3_tls
 
     async def put_member(self, token: str, name: str, body: bytes) -> ApiMember:
         if not names.is_host_label(name):
@@ -81,6 +86,15 @@ class ClusterService:
     async def view(self, token: str) -> dict[str, Any]:
         return self.render(await self._discovery.cluster(token))
 
+    def _v3(self, token: str) -> dict[str, Any]:
+        """What an etcd >= 3.6 member needs for v3 discovery through this service."""
+        return {
+            "token": token,
+            "endpoints": list(self._v3_endpoints),
+            "tls": self._v3_tls,
+            "flags": _v3_flags(token, self._v3_endpoints, self._v3_tls),
+        }
+
     def render(self, cluster: Cluster) -> dict[str, Any]:
         """The JSON view of a cluster: what `discoverd status` and operators read."""
         config = cluster.config
@@ -94,6 +108,7 @@ class ClusterService:
         return {
             "token": cluster.token,
             "discovery_url": f"{self._base_url}/{cluster.token}",
+            "discovery_v3": self._v3(cluster.token),
             "name": config.name,
             "size": config.size,
             "registered": len(members),
@@ -127,6 +142,12 @@ class ClusterService:
                 for cert in cluster.certs
             ],
         }
+
+
+def _v3_flags(token: str, endpoints: tuple[str, ...], tls: bool) -> str:
+    scheme = "https://" if tls else ""
+    listed = ",".join(scheme + endpoint for endpoint in endpoints)
+    return f"--discovery-token={token} --discovery-endpoints={listed}"
 
 
 def _ca_fingerprint(cluster: Cluster) -> str | None:
