@@ -11,7 +11,7 @@ ARGS   ?=
 TEST_TOOLS  := etcd:etcd-server dig:bind9-dnsutils unshare:util-linux cloud-init:cloud-init
 BENCH_TOOLS := wrk:wrk dnsperf:dnsperf dnsmasq:dnsmasq-base cfssl:golang-cfssl
 
-.PHONY: run test check bench apt-test apt-bench clean
+.PHONY: run test check bench apt-test apt-bench clean proto
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,12 @@ check: $(STAMP)
 
 test: $(STAMP) apt-test check
 	$(BIN)/pytest -q
+
+# Regenerate the protobuf/gRPC modules of the v3 discovery face from discoverd's own .proto files.
+PROTOS := discoverd/discovery/v3/pb/mvcc.proto discoverd/discovery/v3/pb/discovery.proto
+proto: $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
+	rm -f discoverd/discovery/v3/pb/mvcc_pb2_grpc.py
 
 bench: $(STAMP) apt-bench
 	$(BIN)/python -m bench $(ARGS)

@@ -47,6 +47,7 @@ class DiscoverdProcess:
     def __init__(self, tmp: Path, etcd: Sequence[str] = (), *extra: str, port: int = 0) -> None:
         self.port = port or free_port()
         self.dns_port = free_port()
+        self.grpc_port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.data_dir = tmp / f"discoverd-{self.port}"
         self.log_path = tmp / f"discoverd-{self.port}.log"
@@ -63,6 +64,8 @@ class DiscoverdProcess:
             "0",
             "--dns-listen",
             f"127.0.0.1:{self.dns_port}",
+            "--grpc-listen",
+            f"127.0.0.1:{self.grpc_port}",
             *(["--etcd", ",".join(etcd)] if etcd else []),
             *extra,
         ]
@@ -80,6 +83,11 @@ class DiscoverdProcess:
         else:
             wait_until(self.listening, timeout, f"discoverd on {self.url} to listen ({self.log()})")
         return self
+
+    @property
+    def grpc_endpoint(self) -> str:
+        """`host:port` of the v3 discovery face, as etcd's `--discovery-endpoints` takes it."""
+        return f"127.0.0.1:{self.grpc_port}"
 
     def healthy(self) -> bool:
         return self.listening() and http("GET", self.url + "/health", timeout=3)[0] == 200
