@@ -110,11 +110,12 @@ class ApiMember:
 
 @dataclass(frozen=True, slots=True)
 class Member:
-    """One v2 registration. Immutable: registrations are create-only."""
+    """One discovery registration (v2 or v3). Immutable: registrations are create-only."""
 
     member_id: str
     value: str
-    created: int  # etcd create revision = v2 createdIndex = modifiedIndex
+    created: int  # etcd create revision = v2 createdIndex = modifiedIndex = v3 create_revision
+    protocol: str = "v2"  # the discovery protocol it came through: "v2" or "v3"
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from discoverd.directory import rules
 from discoverd.directory.minting import TokenMinter
-from discoverd.errors import Conflict, Invalid, NameTaken, NotFound, Unavailable
+from discoverd.errors import Conflict, Forbidden, Invalid, NameTaken, NotFound, Unavailable
 from discoverd.models import Cluster, ClusterConfig, Member
 from discoverd.store.clusters import ClusterStore, RegisterOutcome
 from discoverd.store.registry import Registry
@@ -126,7 +126,10 @@ class Directory:
 
     # -- registrations ------------------------------------------------------------------------
 
-    async def register(self, token: str, member_id: str, value: str) -> Member:
+    async def register(
+        self, token: str, member_id: str, value: str, protocol: str = "v2"
+    ) -> Member:
+        """Register a member through discovery `protocol` ("v2" or "v3"); create-only."""
         value = rules.parse_member_value(value)
         cluster = await self.bootstrap_cluster(token)
         cap = registration_cap(cluster.config.size)
@@ -136,7 +139,12 @@ class Directory:
                 f"{cluster.config.size}; use a new discovery token",
                 cause=f"/{token}/{member_id}",
             )
-        registration = await self._store.register_v2(token, member_id, value, cluster.lease)
+        used = {m.protocol for m in cluster.members} - {protocol}
+        if used:
+            raise Forbidden(_mixed(protocol), cause=f"/{token}/{member_id}")
+        registration = await self._store.register(token, member_id, value, cluster.lease, protocol)
+        if registration.outcome is RegisterOutcome.MIXED:
+            raise Forbidden(_mixed(protocol), cause=f"/{token}/{member_id}")
         if registration.outcome is RegisterOutcome.NO_TOKEN:
             raise NotFound("Key not found", cause=f"/{token}")
         if registration.outcome is RegisterOutcome.EXISTS:
@@ -169,6 +177,15 @@ class Directory:
             await asyncio.wait_for(self.registry.wait_revision(revision), CATCH_UP)
         except TimeoutError as exc:
             raise Unavailable("the registry view is not catching up with etcd") from exc
+
+
+def _mixed(protocol: str) -> str:
+    other = "v3 (--discovery-token)" if protocol == "v2" else "v2 (--discovery URL)"
+    return (
+        f"this token is already bootstrapping a cluster through {other} discovery: etcd folds "
+        "the discovery URL or token into the cluster ID, so members of one cluster must all "
+        "use the same protocol (etcd 3.6/3.7: --discovery-token; 3.4/3.5: --discovery)"
+    )
 
 
 def registration_cap(size: int) -> int:

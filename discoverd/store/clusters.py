@@ -15,7 +15,14 @@ from typing import Any
 from discoverd.errors import NotFound, Unavailable
 from discoverd.models import ClusterConfig, Member, MemberRecord
 from discoverd.store import keys
-from discoverd.store.gateway import EtcdGateway, EtcdRejected, KeyValue, b64, decode_kv
+from discoverd.store.gateway import (
+    EtcdGateway,
+    EtcdRejected,
+    KeyValue,
+    b64,
+    decode_kv,
+    prefix_end,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +34,7 @@ class LeaseGone(Unavailable):
 class RegisterOutcome(Enum):
     CREATED = "created"
     EXISTS = "exists"
+    MIXED = "mixed"  # the token is bootstrapping through the other discovery protocol
     NO_TOKEN = "no-token"  # noqa: S105 - an outcome, not a secret
 
 
@@ -108,45 +116,73 @@ class ClusterStore:
         same = existing is not None and MemberRecord.model_validate_json(existing.value) == record
         return Registration(RegisterOutcome.CREATED if same else outcome, revision)
 
-    async def register_v2(self, token: str, member_id: str, value: str, lease: int) -> Registration:
-        """Create `v2/<member_id>` under an existing token, attached to the token's lease."""
-        key = keys.v2_member(token, member_id)
+    async def register(
+        self, token: str, member_id: str, value: str, lease: int, protocol: str = "v2"
+    ) -> Registration:
+        """Create `<protocol>/<member_id>` under an existing token, attached to the token's
+        lease, unless the token has a registration through the other protocol (MIXED): etcd
+        folds the discovery URL (v2) or token (v3) into the cluster ID, so members of the two
+        protocols can never form one cluster."""
+        key = keys.discovery_member(token, member_id, protocol)
+        other = keys.discovery_members(token, "v2" if protocol == "v3" else "v3")
         try:
             revision, outcome, existing = await self._create_child(
-                token, key, value, lease, "register"
+                token, key, value, lease, "register", absent_prefix=other
             )
         except LeaseGone as exc:  # the token expired between read and write
             raise NotFound("the discovery token has expired") from exc
         if outcome is RegisterOutcome.CREATED:
-            return Registration(outcome, revision, Member(member_id, value, revision))
+            return Registration(outcome, revision, Member(member_id, value, revision, protocol))
         if existing is None:
             return Registration(outcome, revision)
         text = existing.value.decode(errors="replace")
-        return Registration(outcome, revision, Member(member_id, text, existing.create_revision))
+        member = Member(member_id, text, existing.create_revision, protocol)
+        return Registration(outcome, revision, member)
 
     async def _create_child(
-        self, token: str, key: str, value: str, lease: int, what: str
+        self,
+        token: str,
+        key: str,
+        value: str,
+        lease: int,
+        what: str,
+        *,
+        absent_prefix: str | None = None,
     ) -> tuple[int, RegisterOutcome, KeyValue | None]:
-        """Create `key` under an existing token, in one transaction: CREATED, NO_TOKEN, or
-        EXISTS with the key-value that is there."""
+        """Create `key` under an existing token, in one transaction: CREATED, NO_TOKEN, EXISTS
+        with the key-value that is there, or MIXED when a key exists under `absent_prefix`."""
         config_key = b64(keys.cluster_config(token))
         child = b64(key)
+        compare = [
+            {"key": config_key, "result": "GREATER", "target": "CREATE", "create_revision": 0},
+            {"key": child, "result": "EQUAL", "target": "CREATE", "create_revision": 0},
+        ]
+        failure: list[dict[str, Any]] = [
+            {"request_range": {"key": config_key}},
+            {"request_range": {"key": child}},
+        ]
+        if absent_prefix is not None:
+            # A compare over a range holds only if every key in it does: with create revision 0,
+            # only if the range is empty.
+            span = {"key": b64(absent_prefix), "range_end": b64(prefix_end(absent_prefix))}
+            compare.append({**span, "result": "EQUAL", "target": "CREATE", "create_revision": 0})
+            failure.append({"request_range": {**span, "count_only": True}})
         txn = {
-            "compare": [
-                {"key": config_key, "result": "GREATER", "target": "CREATE", "create_revision": 0},
-                {"key": child, "result": "EQUAL", "target": "CREATE", "create_revision": 0},
-            ],
+            "compare": compare,
             "success": [{"request_put": {"key": child, "value": b64(value), "lease": lease}}],
-            "failure": [{"request_range": {"key": config_key}}, {"request_range": {"key": child}}],
+            "failure": failure,
         }
         result = await self._txn(txn, what)
         revision = int(result["header"]["revision"])
         if result.get("succeeded"):
             return revision, RegisterOutcome.CREATED, None
-        config_kvs, child_kvs = (_range_kvs(r) for r in result.get("responses", []))
+        responses = result.get("responses", [])
+        config_kvs, child_kvs = _range_kvs(responses[0]), _range_kvs(responses[1])
         if not config_kvs:
             return revision, RegisterOutcome.NO_TOKEN, None
-        return revision, RegisterOutcome.EXISTS, child_kvs[0]
+        if child_kvs:
+            return revision, RegisterOutcome.EXISTS, child_kvs[0]
+        return revision, RegisterOutcome.MIXED, None
 
     async def _txn(self, txn: dict[str, Any], what: str) -> dict[str, Any]:
         return await checked_txn(self._gateway, txn, what)

@@ -4,6 +4,7 @@ Everything discoverd stores lives under one root, one directory per cluster toke
 
     /discoverd/v1/clusters/<token>/config       ClusterConfig JSON; holds the token's lease
     /discoverd/v1/clusters/<token>/v2/<id>      a v2 discovery registration: "name=peerURL,..."
+    /discoverd/v1/clusters/<token>/v3/<id>      a v3 discovery registration (same value)
     /discoverd/v1/clusters/<token>/members/<n>  a member API record: MemberRecord JSON
     /discoverd/v1/clusters/<token>/ca           CaRecord JSON: the CA certificate, its sealed key
     /discoverd/v1/clusters/<token>/certs/<sn>   CertRecord JSON of an issued certificate
@@ -33,6 +34,7 @@ NAMES = ROOT + "names/"
 class KeyKind(Enum):
     CONFIG = "config"
     V2_MEMBER = "v2"
+    V3_MEMBER = "v3"
     API_MEMBER = "members"
     NAME = "name"
     CA = "ca"
@@ -61,6 +63,21 @@ def cluster_config(token: str) -> str:
 def v2_member(token: str, member_id: str) -> str:
     """`/discoverd/v1/clusters/<token>/v2/<id>`"""
     return f"{CLUSTERS}{token}/v2/{member_id}"
+
+
+def v3_member(token: str, member_id: str) -> str:
+    """`/discoverd/v1/clusters/<token>/v3/<id>`"""
+    return f"{CLUSTERS}{token}/v3/{member_id}"
+
+
+def discovery_member(token: str, member_id: str, protocol: str) -> str:
+    """The registration key of `member_id` through discovery `protocol` ("v2" or "v3")."""
+    return v3_member(token, member_id) if protocol == "v3" else v2_member(token, member_id)
+
+
+def discovery_members(token: str, protocol: str) -> str:
+    """`/discoverd/v1/clusters/<token>/<protocol>/`: every registration through one protocol."""
+    return f"{CLUSTERS}{token}/{protocol}/"
 
 
 def api_member(token: str, name: str) -> str:
@@ -100,6 +117,7 @@ def cluster_name(name: str) -> str:
 
 _CHILDREN = {
     "v2": KeyKind.V2_MEMBER,
+    "v3": KeyKind.V3_MEMBER,
     "members": KeyKind.API_MEMBER,
     "certs": KeyKind.CERT,
     "roster": KeyKind.ROSTER,

@@ -255,8 +255,8 @@ def _cluster_from(token: str, kv: KeyValue) -> Cluster | None:
 
 def _with_child(cluster: Cluster, parsed: keys.ParsedKey, kv: KeyValue) -> Cluster:
     kind = parsed.kind
-    if kind is keys.KeyKind.V2_MEMBER:
-        return cluster.with_member(_member_from(parsed.name, kv))
+    if kind in (keys.KeyKind.V2_MEMBER, keys.KeyKind.V3_MEMBER):
+        return cluster.with_member(_member_from(parsed.name, kv, kind.value))
     try:
         if kind is keys.KeyKind.API_MEMBER:
             record = MemberRecord.model_validate_json(kv.value)
@@ -271,7 +271,7 @@ def _with_child(cluster: Cluster, parsed: keys.ParsedKey, kv: KeyValue) -> Clust
 
 
 def _without_child(cluster: Cluster, parsed: keys.ParsedKey) -> Cluster:
-    if parsed.kind is keys.KeyKind.V2_MEMBER:
+    if parsed.kind in (keys.KeyKind.V2_MEMBER, keys.KeyKind.V3_MEMBER):
         return cluster.without_member(parsed.name)
     if parsed.kind is keys.KeyKind.API_MEMBER:
         return cluster.without_api_member(parsed.name)
@@ -282,7 +282,6 @@ def _without_child(cluster: Cluster, parsed: keys.ParsedKey) -> Cluster:
     return cluster
 
 
-def _member_from(member_id: str, kv: KeyValue) -> Member:
-    return Member(
-        member_id=member_id, value=kv.value.decode(errors="replace"), created=kv.create_revision
-    )
+def _member_from(member_id: str, kv: KeyValue, protocol: str) -> Member:
+    value = kv.value.decode(errors="replace")
+    return Member(member_id, value, kv.create_revision, protocol)

@@ -82,27 +82,42 @@ async def test_the_member_sequence(client, channel):
     watch.cancel()
 
 
-async def test_v2_and_v3_share_one_registry(client, channel):
-    token = await new_token(client, 3)
+async def test_v2_and_v3_share_one_registry_but_never_one_token(client, channel):
+    """A v3 registration is seen by every face; but etcd folds the discovery URL (v2) or
+    token (v3) into the cluster ID, so a token bootstrapping through one protocol refuses the
+    other (the real 3.6 binary, given one of each, logs "cluster ID mismatch" forever)."""
     kv = rpc.KVStub(channel)
-    v3_key = prefix(token) + b"members/aaaa"
+    v3_token = await new_token(client, 3)
+    v3_key = prefix(v3_token) + b"members/aaaa"
     await kv.Put(pb.PutRequest(key=v3_key, value=b"via-v3=http://10.0.0.1:2380"))
-    v2 = await client.put(f"/{token}/bbbb", data="value=via-v2=http://10.0.0.2:2380", headers=FORM)
+    directory = await (await client.get(f"/{v3_token}")).json()
+    assert [n["value"] for n in directory["node"]["nodes"]] == ["via-v3=http://10.0.0.1:2380"]
+    view = await (await client.get(f"/api/v1/clusters/{v3_token}")).json()
+    assert [m["name"] for m in view["members"]] == ["via-v3"]
+    assert view["discovery_v3"]["token"] == v3_token
+    assert view["discovery_v3"]["flags"].startswith(f"--discovery-token={v3_token} ")
+    mixed = await client.put(
+        f"/{v3_token}/bbbb", data="value=via-v2=http://10.0.0.2:2380", headers=FORM
+    )
+    assert mixed.status == 403
+    assert "same protocol" in (await mixed.json())["message"]
+
+    v2_token = await new_token(client, 3)
+    v2 = await client.put(f"/{v2_token}/bbbb", data="value=via-v2=http://10.0.0.2:2380", headers=FORM)  # fmt: skip
     assert v2.status == 201
-    listed = await kv.Range(members_range(token))
-    assert {m.value for m in listed.kvs} == {
-        b"via-v3=http://10.0.0.1:2380",
-        b"via-v2=http://10.0.0.2:2380",
-    }
-    directory = await (await client.get(f"/{token}")).json()
-    assert {n["value"] for n in directory["node"]["nodes"]} == {
-        "via-v3=http://10.0.0.1:2380",
-        "via-v2=http://10.0.0.2:2380",
-    }
-    view = await (await client.get(f"/api/v1/clusters/{token}")).json()
-    assert {m["name"] for m in view["members"]} == {"via-v3", "via-v2"}
-    assert view["discovery_v3"]["token"] == token
-    assert view["discovery_v3"]["flags"].startswith(f"--discovery-token={token} ")
+    listed = await kv.Range(members_range(v2_token))
+    assert [(m.key, m.value) for m in listed.kvs] == [
+        (prefix(v2_token) + b"members/bbbb", b"via-v2=http://10.0.0.2:2380")
+    ]
+    await expect_status(
+        kv.Put(
+            pb.PutRequest(key=prefix(v2_token) + b"members/cc", value=b"c=http://10.0.0.3:2380")
+        ),
+        Code.PERMISSION_DENIED,
+        "same protocol",
+    )
+    listed = await kv.Range(members_range(v2_token))
+    assert len(listed.kvs) == 1
 
 
 async def test_unknown_token_reads_as_an_empty_range(client, channel):
