@@ -296,8 +296,8 @@ async def test_watch_replays_history_and_refuses_bad_watches(client, channel):
 
 async def test_many_waiting_streams_all_wake(client, channel):
     """Thousands of members waiting on one token (one connection, opened at once) cost no etcd
-    watch each; one registration
-    wakes every one of them, and a stream whose client never reads holds nothing up."""
+    watch each; one registration wakes every one of them, and a stream whose client never reads
+    holds nothing up."""
     token = await new_token(client, 3)
     streams = [rpc.WatchStub(channel).Watch() for _ in range(2000)]
     create = pb.WatchCreateRequest(key=members_range(token).key, range_end=members_range(token).range_end)  # fmt: skip
