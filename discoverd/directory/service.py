@@ -36,6 +36,7 @@ class Limits:
     default_size: int
     max_size: int
     token_ttl: float
+    retry_window: float = RETRY_WINDOW
 
 
 class Directory:
@@ -132,7 +133,7 @@ class Directory:
     ) -> Member:
         """Register `member_id` with `value` (create-only). An identical re-registration is the
         same member retrying an answer it never got, and succeeds while the cluster is forming
-        or within RETRY_WINDOW of the registration; otherwise a registration that exists is a
+        or within --retry-window of the registration; otherwise a registration that exists is a
         duplicate (Conflict), as is a member name that another registration holds."""
         member_id = rules.parse_member_id(member_id)
         value = rules.parse_member_value(value)
@@ -168,7 +169,9 @@ class Directory:
 
     async def _again(self, cluster: Cluster, existing: Member, value: str, now: float) -> Member:
         """A registration of a key that exists: the member's own retry, or a duplicate."""
-        if not is_retry(existing, value, len(cluster.members), cluster.config.size, now):
+        registered, size = len(cluster.members), cluster.config.size
+        window = self.limits.retry_window
+        if not is_retry(existing, value, registered=registered, size=size, now=now, window=window):
             self._on_register("duplicate")
             raise Conflict("Key already exists", cause=f"/{cluster.token}/{existing.member_id}")
         self._on_register("retry")
@@ -199,22 +202,24 @@ class Directory:
             raise Unavailable("the registry view is not catching up with etcd") from exc
 
 
-def is_retry(existing: Member, value: str, registered: int, size: int, now: float) -> bool:
+def is_retry(
+    existing: Member, value: str, *, registered: int, size: int, now: float, window: float
+) -> bool:
     """Whether registering `value` again under `existing`'s key is that member retrying.
 
     etcd exits when its registration PUT fails, and systemd restarts it with the identical PUT;
     a PUT that failed on its way back (a 503 after etcd committed it) must then succeed, or the
     member can never bootstrap. A member that lost its data dir after the cluster formed sends
     the same key and value, and must be refused as a duplicate, as etcd itself would. So: the
-    same value succeeds while fewer than `size` members have registered, or within
-    RETRY_WINDOW of the registration (a registration stored by an older version has no time).
+    same value succeeds while fewer than `size` members have registered, or within `window`
+    (--retry-window) of the registration (one stored by an older version has no time).
     """
     if existing.value != value:
         return False
     if registered < size:
         return True
     at = existing.registered_at
-    return at is not None and now - at <= RETRY_WINDOW
+    return at is not None and now - at <= window
 
 
 def registration_cap(size: int) -> int:

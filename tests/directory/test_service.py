@@ -37,13 +37,17 @@ def directory(client) -> Directory:
 )
 def test_is_retry(value, registered, size, age, retry):
     existing = Member(MEMBER_ID, VALUE, 5, registered_at=1_000_000.0)
-    assert is_retry(existing, value, registered, size, 1_000_000.0 + age) is retry
+    now = 1_000_000.0 + age
+    assert (
+        is_retry(existing, value, registered=registered, size=size, now=now, window=RETRY_WINDOW)
+        is retry
+    )
 
 
 def test_a_registration_without_a_time_is_a_retry_only_while_forming():
     existing = Member(MEMBER_ID, VALUE, 5)  # stored by an older version: plain text
-    assert is_retry(existing, VALUE, 1, 3, 0.0)
-    assert not is_retry(existing, VALUE, 3, 3, 0.0)
+    assert is_retry(existing, VALUE, registered=1, size=3, now=0.0, window=RETRY_WINDOW)
+    assert not is_retry(existing, VALUE, registered=3, size=3, now=0.0, window=RETRY_WINDOW)
 
 
 async def test_a_formed_cluster_refuses_the_same_registration_after_the_window(client):
