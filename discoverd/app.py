@@ -124,7 +124,7 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     service = Directory(
         app[appkeys.REGISTRY],
         ClusterStore(app[appkeys.GATEWAY]),
-        Limits(settings.default_size, settings.max_size, settings.token_ttl),
+        Limits(settings.default_size, settings.max_size, settings.token_ttl, settings.retry_window),
         on_register=lambda result: metrics.registrations.labels(result).inc(),
     )
     app[appkeys.DIRECTORY] = service

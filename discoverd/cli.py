@@ -51,6 +51,11 @@ _SERVE_FLAGS: dict[str, tuple[str, str]] = {
     "--token-ttl": ("token_ttl", "a token and all its records expire after this (default 7d)"),
     "--max-size": ("max_size", "largest cluster size /new accepts (default 99)"),
     "--wait-timeout": ("wait_timeout", "an idle v2 wait ends with an empty 200 after this (50s)"),
+    "--retry-window": (
+        "retry_window",
+        "a registration's identical retry succeeds this long after it, once the cluster formed "
+        "(10m)",
+    ),
     "--new-rate": ("new_rate", "/new requests per second per client address, 0 = off (2)"),
     "--new-burst": ("new_burst", "/new burst per client address (30)"),
     "--trusted-proxy": (

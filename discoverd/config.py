@@ -97,6 +97,7 @@ class Settings(BaseSettings):
     max_size: int = Field(default=99, ge=1, le=999)
     default_size: int = Field(default=3, ge=1)
     wait_timeout: float = 50.0
+    retry_window: float = 600.0
     new_rate: float = Field(default=2.0, ge=0)
     new_burst: int = Field(default=30, ge=1)
     etcd_timeout: float = 2.0
@@ -148,7 +149,9 @@ class Settings(BaseSettings):
     def _public_url(cls, value: str | None) -> str | None:
         return None if value is None else _check_url(value.rstrip("/"), "--public-url")
 
-    @field_validator("token_ttl", "wait_timeout", "etcd_timeout", "cert_ttl", mode="before")
+    @field_validator(
+        "token_ttl", "wait_timeout", "etcd_timeout", "cert_ttl", "retry_window", mode="before"
+    )
     @classmethod
     def _duration(cls, value: Any) -> float:
         return parse_duration(value)

@@ -71,8 +71,8 @@ def test_scope_bounds_key_sizes():
         (P + b"_config", Forbidden),
         (P + b"members", Forbidden),
         (P + b"members/", Forbidden),
-        (P + b"members/XYZ", Forbidden),
-        (P + b"members/12345678901234567", Forbidden),  # 17 hex digits: not a uint64 ID
+        (P + b"members/XYZ", Invalid),
+        (P + b"members/12345678901234567", Invalid),  # 17 hex digits: not a uint64 ID
         (P + b"members/0", Invalid),
         (P + b"other/1", Forbidden),
         (b"/_etcd/registry/x/members/1", Forbidden),

@@ -180,8 +180,18 @@ async def test_registrations_are_create_only(client, channel):
     kv = rpc.KVStub(channel)
     key = prefix(token) + b"members/abc"
     await kv.Put(pb.PutRequest(key=key, value=b"infra0=http://10.0.0.1:2380"))
+    # The member's own retry (its Put timed out on the way back) succeeds while the cluster forms.
+    again = await kv.Put(pb.PutRequest(key=key, value=b"infra0=http://10.0.0.1:2380"))
+    assert again.header.revision > 0
     await expect_status(
         kv.Put(pb.PutRequest(key=key, value=b"infra0=http://6.6.6.6:2380")), Code.ALREADY_EXISTS
+    )
+    await expect_status(  # another ID, the same member name: refused, case aside
+        kv.Put(
+            pb.PutRequest(key=prefix(token) + b"members/abd", value=b"INFRA0=http://6.6.6.6:2380")
+        ),
+        Code.ALREADY_EXISTS,
+        "already registered",
     )
     listed = await kv.Range(members_range(token))
     assert [m.value for m in listed.kvs] == [b"infra0=http://10.0.0.1:2380"]
@@ -195,7 +205,7 @@ async def test_registrations_are_create_only(client, channel):
         ("{p}other", b"a=http://1.2.3.4:2380", 0, Code.PERMISSION_DENIED, ["only"]),
         ("/", b"x", 0, Code.PERMISSION_DENIED, ["one discovery token"]),
         ("/_etcd/registry/", b"x", 0, Code.PERMISSION_DENIED, ["one discovery token"]),
-        ("{p}members/0", b"a=http://1.2.3.4:2380", 0, Code.INVALID_ARGUMENT, ["ID 0"]),
+        ("{p}members/0", b"a=http://1.2.3.4:2380", 0, Code.INVALID_ARGUMENT, ["member ID"]),
         ("{p}members/1", b"a=http://1.2.3.4:2380", 7, Code.INVALID_ARGUMENT, ["lease"]),
         ("{p}members/1", b"not a registration", 0, Code.INVALID_ARGUMENT, []),
         ("{p}members/1", b"a=ftp://1.2.3.4:2380", 0, Code.INVALID_ARGUMENT, ["peer URL"]),

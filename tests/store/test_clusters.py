@@ -23,12 +23,20 @@ async def test_one_protocol_per_token_in_the_transaction(store, first, second):
     token = new_token()
     lease = await store.grant_lease(600)
     assert await store.create_clusters({token: ClusterConfig(size=3, created_at=0)}, lease)
-    made = await store.register(token, "a1", "n1=http://10.0.0.1:2380", lease, first)
+    made = await store.register(
+        token, "a1", "n1=http://10.0.0.1:2380", lease, now=0.0, protocol=first
+    )
     assert made.outcome is RegisterOutcome.CREATED and made.member.protocol == first
-    same = await store.register(token, "a2", "n2=http://10.0.0.2:2380", lease, first)
+    same = await store.register(
+        token, "a2", "n2=http://10.0.0.2:2380", lease, now=0.0, protocol=first
+    )
     assert same.outcome is RegisterOutcome.CREATED
-    other = await store.register(token, "a3", "n3=http://10.0.0.3:2380", lease, second)
+    other = await store.register(
+        token, "a3", "n3=http://10.0.0.3:2380", lease, now=0.0, protocol=second
+    )
     assert other.outcome is RegisterOutcome.MIXED
-    again = await store.register(token, "a1", "n1=http://10.0.0.9:2380", lease, first)
+    again = await store.register(
+        token, "a1", "n1=http://10.0.0.9:2380", lease, now=0.0, protocol=first
+    )
     assert again.outcome is RegisterOutcome.EXISTS
     assert again.member.value == "n1=http://10.0.0.1:2380"

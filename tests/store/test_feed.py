@@ -39,9 +39,9 @@ async def test_feed_follows_writes_and_resyncs(etcd_endpoint):
             await store.create_clusters({token: ClusterConfig(size=9, created_at=0)}, lease) is None
         )
 
-        first = await store.register(token, "a1", "n1=http://10.0.0.1:2380", lease)
-        again = await store.register(token, "a1", "other=http://10.0.0.9:2380", lease)
-        missing = await store.register("cd" * 16, "a1", "n1=http://10.0.0.1:2380", lease)
+        first = await store.register(token, "a1", "n1=http://10.0.0.1:2380", lease, now=0.0)
+        again = await store.register(token, "a1", "other=http://10.0.0.9:2380", lease, now=0.0)
+        missing = await store.register("cd" * 16, "a1", "n1=http://10.0.0.1:2380", lease, now=0.0)
         assert first.outcome is RegisterOutcome.CREATED
         assert again.outcome is RegisterOutcome.EXISTS
         assert again.member.value == "n1=http://10.0.0.1:2380"  # the first registration stays
@@ -49,7 +49,7 @@ async def test_feed_follows_writes_and_resyncs(etcd_endpoint):
 
         # A dropped watch: the feed reads everything again and misses nothing written meanwhile.
         feed.restart_watch()
-        second = await store.register(token, "a2", "n2=http://10.0.0.2:2380", lease)
+        second = await store.register(token, "a2", "n2=http://10.0.0.2:2380", lease, now=0.0)
         await asyncio.wait_for(registry.wait_revision(second.revision), 5)
         members = registry.cluster(token).members
         assert [m.member_id for m in members] == ["a1", "a2"]
