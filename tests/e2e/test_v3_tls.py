@@ -13,10 +13,8 @@ from pathlib import Path
 import pytest
 
 from discoverd.store.embedded import free_port
+from tests.binaries import stock_etcd
 from tests.support import DiscoverdProcess, http, wait_until
-
-ETCD_CACHE = Path(os.environ.get("DISCOVERD_ETCD_CACHE", Path.home() / ".cache/discoverd-etcd"))
-ETCD_37 = ETCD_CACHE / "3.7.1" / "etcd"
 
 pytestmark = pytest.mark.e2e
 
@@ -38,11 +36,7 @@ def make_certs(where: Path) -> None:
 
 
 def test_a_37_member_bootstraps_over_tls(tmp_path: Path) -> None:
-    if not ETCD_37.is_file():
-        pytest.skip(
-            f"SKIPPED LOUDLY: {ETCD_37} is missing, so v3 discovery over TLS with etcd 3.7 is NOT "
-            "tested. `make test` builds it with Go (tests/tools/build_etcd.sh 3.7.1)."
-        )
+    etcd_37 = stock_etcd("3.7")
     make_certs(tmp_path)
     server = DiscoverdProcess(
         tmp_path,
@@ -66,7 +60,7 @@ def test_a_37_member_bootstraps_over_tls(tmp_path: Path) -> None:
         log = (tmp_path / "member.log").open("wb")
         member = subprocess.Popen(
             [
-                str(ETCD_37),
+                str(etcd_37),
                 "--name=tls0",
                 f"--data-dir={tmp_path / 'tls0'}",
                 f"--listen-client-urls=http://127.0.0.1:{client}",
