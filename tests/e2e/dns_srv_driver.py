@@ -89,7 +89,9 @@ def main(workdir: Path, etcd_binary: Path, srv_name: str | None) -> dict[str, ob
                 return False
             members = json.loads(out.stdout).get("members", [])
             listing[:] = sorted(m.get("name", "") for m in members)
-            return len(listing) == 3 and all(listing)
+            # Until a member publishes itself, SRV bootstrap lists it under a placeholder name
+            # ("0", "1", ...): wait for the real names, not for any three.
+            return listing == sorted(name for name, _ in MEMBERS)
 
         wait_until(listed, 90, "3 members listed through etcdctl --discovery-srv", interval=0.5)
         result = {"ok": True, "members": listing, "seconds": round(time.monotonic() - started, 1)}
