@@ -10,6 +10,7 @@ from discoverd.config import Settings
 from discoverd.directory.service import Directory
 from discoverd.dns.server import DnsServer
 from discoverd.dns.wire import Responder
+from discoverd.listener import Shutdown
 from discoverd.metrics import Metrics
 from discoverd.ratelimit import RateLimiter
 from discoverd.store.gateway import EtcdGateway
@@ -26,3 +27,4 @@ CLUSTERS = web.AppKey("clusters", ClusterService)
 AUTHORITY = web.AppKey("authority", Authority)
 DNS_RESPONDER = web.AppKey("dns_responder", Responder)
 DNS_SERVER = web.AppKey("dns_server", DnsServer)
+SHUTDOWN = web.AppKey("shutdown", Shutdown)
