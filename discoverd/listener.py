@@ -129,8 +129,11 @@ class ConnectionGuard:
 class GuardedProtocol(asyncio.Protocol):
     """Wraps aiohttp's protocol for one connection: the caps on entry, the header timeout."""
 
-    def __init__(self, inner: Any, guard: ConnectionGuard, header_timeout: float) -> None:
-        self._inner = inner
+    def __init__(
+        self, make_inner: Callable[[], Any], guard: ConnectionGuard, header_timeout: float
+    ) -> None:
+        self._make_inner = make_inner
+        self._inner: Any = None
         self._guard = guard
         self._header_timeout = header_timeout
         self._admitted = False
@@ -154,6 +157,7 @@ class GuardedProtocol(asyncio.Protocol):
             transport.close()
             return
         self._admitted, self._key, self._transport = True, key, transport
+        self._inner = self._make_inner()
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(self._header_timeout, self._head_timed_out)
         self._inner.connection_made(transport)
@@ -259,7 +263,7 @@ async def _serve(
         handler = runner.server
         assert handler is not None
         server = await asyncio.get_running_loop().create_server(
-            lambda: GuardedProtocol(handler(), guard, HEADER_TIMEOUT), host, port, backlog=1024
+            lambda: GuardedProtocol(handler, guard, HEADER_TIMEOUT), host, port, backlog=1024
         )
         ready()
         await shutdown.wait()
