@@ -188,8 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def serve(settings: Settings) -> int:
-    from aiohttp import web
-
+    from discoverd import appkeys, listener
     from discoverd.app import build_app
     from discoverd.certs.servicekey import ServiceKeyError
     from discoverd.discovery.v3.server import BindError
@@ -199,18 +198,20 @@ def serve(settings: Settings) -> int:
     loop = _new_loop()
     where = settings.listen.url()
     etcd = ",".join(settings.etcd) if settings.etcd else f"embedded ({settings.data_dir}/etcd)"
+    app = build_app(settings)
     try:
-        web.run_app(
-            build_app(settings),
-            host=settings.listen.host,
-            port=settings.listen.port,
-            access_log_class=logs.AccessLogger,
-            access_log=logging.getLogger("discoverd.access"),
-            print=lambda *_: logger.info(
+        return listener.run(
+            app,
+            settings.listen.host,
+            settings.listen.port,
+            app[appkeys.SHUTDOWN],
+            loop=loop,
+            ready=lambda: logger.info(
                 "discoverd listening on %s, DNS on %s (etcd: %s)", where, settings.dns_listen, etcd
             ),
-            loop=loop,
-            shutdown_timeout=5.0,
+            trusted=settings.trusted_proxies,
+            access_log_class=logs.AccessLogger,
+            access_log=logging.getLogger("discoverd.access"),
             handler_cancellation=True,  # a long-poll whose client left frees its waiter at once
         )
     except (EmbeddedEtcdError, ServiceKeyError, BindError) as exc:
@@ -219,7 +220,6 @@ def serve(settings: Settings) -> int:
     except OSError as exc:
         logger.error("cannot listen on %s: %s", settings.listen, exc.strerror or exc)
         return 1
-    return 0
 
 
 def _new(args: argparse.Namespace, timeout: float) -> int:

@@ -1,6 +1,8 @@
 """Structured logging to stderr: one JSON object (or one plain line) per event, and one access
-line per request at info. Discovery tokens are secrets: any token in a path is replaced by a
-short fingerprint (`{token:1a2b3c4d}`) that correlates requests without revealing it."""
+line per request at info. Discovery tokens are secrets: a filter on the root handler replaces
+every token-shaped string in every record, whoever logged it (aiohttp quotes raw request lines
+in its errors), with a short fingerprint (`{token:1a2b3c4d}`) that correlates requests without
+revealing it: message, arguments, extra fields, exception text and stack alike."""
 
 from __future__ import annotations
 
@@ -28,6 +30,32 @@ def fingerprint(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()[:8]
 
 
+class RedactTokens(logging.Filter):
+    """Rewrites a record so that it carries no token: its message is formatted and redacted,
+    its exception rendered to redacted text (`exc_text`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string: log what there is
+            message = f"{record.msg} {record.args}"
+        record.msg, record.args = redact(message), None
+        if record.exc_info:
+            text = record.exc_text or _PLAIN.formatException(record.exc_info)
+            record.exc_info, record.exc_text = None, redact(text)
+        elif record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        for key, value in list(record.__dict__.items()):
+            if key not in _STANDARD and isinstance(value, str):
+                setattr(record, key, redact(value))
+        return True
+
+
+_PLAIN = logging.Formatter()
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -42,6 +70,8 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            entry["exc"] = record.exc_text
         return json.dumps(entry, default=str)
 
 
@@ -56,12 +86,15 @@ class TextFormatter(logging.Formatter):
         line += record.getMessage() + (f" {extra}" if extra else "")
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
+        elif record.exc_text:
+            line += "\n" + record.exc_text
         return line
 
 
 def setup(level: str, fmt: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(RedactTokens())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -109,6 +109,7 @@ class NameClaim(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     peer_urls: tuple[str, ...]  # sorted, without duplicates
+    name: str = ""  # as its first holder spelled it; the other face must spell it the same
     member_id: str | None = None  # the discovery registration's key
     api_name: str | None = None  # the member API record's name, as written
 

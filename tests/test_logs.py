@@ -44,3 +44,22 @@ async def test_access_log_has_one_line_per_request_without_the_token(
     assert [(r.method, r.status) for r in lines][:3] == [("POST", 200), ("GET", 200), ("PUT", 201)]
     assert all(token not in r.getMessage() and token not in r.path for r in lines)
     assert lines[1].path == "/{token:" + logs.fingerprint(token) + "}/_config/size"
+
+
+def test_the_root_filter_redacts_whatever_a_record_carries():
+    try:
+        raise ValueError(f"bad line b'GET /{TOKEN} HTTP/9.9'")
+    except ValueError:
+        import sys
+
+        exc_info = sys.exc_info()
+    record = logging.LogRecord(
+        "aiohttp.server", logging.ERROR, __file__, 1, "from %s", (f"/{TOKEN}",), exc_info
+    )
+    record.path = f"/{TOKEN}/1"
+    assert logs.RedactTokens().filter(record)
+    for formatter in (logs.JsonFormatter(), logs.TextFormatter()):
+        line = formatter.format(record)
+        assert TOKEN not in line
+        assert "{token:" + logs.fingerprint(TOKEN) + "}" in line
+        assert "ValueError: bad line" in line  # the exception is still there, redacted

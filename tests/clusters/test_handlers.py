@@ -202,7 +202,7 @@ async def put_v2(client, token, value, member_id="8e9e05c52164694d"):
     [
         # `discoverd join` registers the node, and the etcd it set up registers itself.
         ("infra0", PEER, 200, 201),
-        ("INFRA0", PEER, 200, 201),  # the same name, case aside
+        ("INFRA0", PEER, 409, 412),  # the same node, but DNS would publish two spellings
         ("infra0", "http://6.6.6.6:2380", 409, 412),  # another node under infra0's name
     ],
 )
