@@ -53,6 +53,8 @@ _SERVE_FLAGS: dict[str, tuple[str, str]] = {
     "--wait-timeout": ("wait_timeout", "an idle v2 wait ends with an empty 200 after this (50s)"),
     "--new-rate": ("new_rate", "/new requests per second per client address, 0 = off (2)"),
     "--new-burst": ("new_burst", "/new burst per client address (30)"),
+    "--new-per-hour": ("new_per_hour", "/new per client /24 (IPv6: /64) per hour, 0 = off (1000)"),
+    "--max-tokens": ("max_tokens", "live tokens in all; /new answers 503 beyond (100000)"),
     "--trusted-proxy": (
         "trusted_proxies",
         "CIDRs of proxies whose X-Forwarded-For names the client (none)",
@@ -87,6 +89,9 @@ def _cluster_parsers(commands: Any) -> None:
     new.add_argument("--name", help="also publish the cluster as <name>.<zone>")
     new.add_argument("--cidr", action="append", default=[], help="IP range its certs may name")
     new.add_argument("--dns", action="append", default=[], help="DNS suffix its certs may name")
+    new.add_argument(
+        "--allow-root", action="store_true", help="a client certificate may name etcd's root"
+    )
     new.add_argument("--server", default=DEFAULT_SERVER, help=f"discoverd URL ({DEFAULT_SERVER})")
     new.add_argument("--timeout", default="10s", help="retry an unreachable server this long")
     new.add_argument("-q", "--quiet", action="store_true", help="print only the discovery URL")
@@ -210,7 +215,7 @@ def serve(settings: Settings) -> int:
 def _new(args: argparse.Namespace, timeout: float) -> int:
     return cluster_commands.new(
         args.server, args.size, name=args.name, cidrs=args.cidr, dns=args.dns,
-        quiet=args.quiet, timeout=timeout,
+        allow_root=args.allow_root, quiet=args.quiet, timeout=timeout,
     )  # fmt: skip
 
 
