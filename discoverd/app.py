@@ -64,7 +64,10 @@ def build_app(settings: Settings) -> web.Application:
     app[appkeys.SHUTDOWN] = Shutdown()
     app[appkeys.REGISTRY] = Registry()
     app[appkeys.NEW_LIMITER] = RateLimiter(
-        settings.new_rate, settings.new_burst, trusted_proxies=settings.trusted_proxies
+        settings.new_rate,
+        settings.new_burst,
+        trusted_proxies=settings.trusted_proxies,
+        per_hour=settings.new_per_hour,
     )
     app.cleanup_ctx.extend([etcd_ctx, gateway_ctx, registry_ctx, services_ctx, grpc_ctx, dns_ctx])
     app.on_shutdown.append(_release_waits)
@@ -151,7 +154,13 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     service = Directory(
         app[appkeys.REGISTRY],
         ClusterStore(app[appkeys.GATEWAY]),
-        Limits(settings.default_size, settings.max_size, settings.token_ttl, settings.retry_window),
+        Limits(
+            settings.default_size,
+            settings.max_size,
+            settings.token_ttl,
+            settings.retry_window,
+            max_tokens=settings.max_tokens,
+        ),
         on_register=lambda result: metrics.registrations.labels(result).inc(),
     )
     app[appkeys.DIRECTORY] = service

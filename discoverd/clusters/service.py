@@ -108,7 +108,7 @@ class ClusterService:
         """The JSON view of a cluster: what `discoverd status` and operators read."""
         config = cluster.config
         members = published(cluster).members
-        domains = [f"{cluster.token}.{self._zone}"]
+        domains = [f"{rules.cluster_label(cluster.token)}.{self._zone}"]
         if config.name:
             domains.append(f"{config.name}.{self._zone}")
         created = datetime.fromtimestamp(config.created_at, UTC)

@@ -19,6 +19,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from discoverd.directory.rules import cluster_label
 from discoverd.store.embedded import EmbeddedEtcd, _die_with_parent
 from tests.support import DiscoverdProcess, wait_until
 
@@ -45,7 +46,7 @@ def main(workdir: Path, etcd_binary: Path, srv_name: str | None) -> dict[str, ob
         request = urllib.request.Request(f"{discoverd.url}/new?{query}", method="POST")
         with urllib.request.urlopen(request, timeout=10) as response:
             token = response.read().decode().rsplit("/", 1)[1]
-        domain = f"{srv_name}.{ZONE}" if srv_name else f"{token}.{ZONE}"
+        domain = f"{srv_name}.{ZONE}" if srv_name else f"{cluster_label(token)}.{ZONE}"
         for name, ip in MEMBERS:
             body = json.dumps(
                 {"peer_urls": [f"http://{ip}:2380"], "client_urls": [f"http://{ip}:2379"]}
