@@ -25,6 +25,8 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from discoverd import appkeys, middlewares, ops
+from discoverd.admin import auth as admin_auth
+from discoverd.admin import handlers as admin_handlers
 from discoverd.certs import handlers as cert_handlers
 from discoverd.certs import servicekey
 from discoverd.certs.authority import Authority
@@ -43,6 +45,7 @@ from discoverd.listener import Shutdown
 from discoverd.logs import fingerprint
 from discoverd.metrics import Metrics
 from discoverd.ratelimit import RateLimiter
+from discoverd.startup import StartupError
 from discoverd.store.access import EtcdAccess
 from discoverd.store.certificates import CertificateStore
 from discoverd.store.clusters import ClusterStore
@@ -66,12 +69,15 @@ def build_app(settings: Settings) -> web.Application:
     app[appkeys.NEW_LIMITER] = RateLimiter(
         settings.new_rate,
         settings.new_burst,
-        trusted_proxies=settings.trusted_proxies,
+        trusted_proxies=settings.trusted_proxy,
         per_hour=settings.new_per_hour,
     )
     app.cleanup_ctx.extend([etcd_ctx, gateway_ctx, registry_ctx, services_ctx, grpc_ctx, dns_ctx])
     app.on_shutdown.append(_release_waits)
+    if settings.admin_token_file is not None:
+        app[appkeys.ADMIN_TOKEN] = admin_auth.load_token(settings.admin_token_file)
     ops.setup_routes(app)
+    admin_handlers.setup_routes(app, settings.route_prefix)  # before the token routes
     cluster_handlers.setup_routes(app, settings.route_prefix)
     cert_handlers.setup_routes(app, settings.route_prefix)
     v2_handlers.setup_routes(app, settings.route_prefix)
@@ -231,7 +237,13 @@ async def dns_ctx(app: web.Application) -> AsyncIterator[None]:
     follow(registry.tokens())
     registry.add_listener(follow)
     server = DnsServer(responder, settings.dns_listen.host, settings.dns_listen.port)
-    await server.start()
+    try:
+        await server.start()
+    except OSError as exc:
+        await server.stop()
+        raise StartupError(
+            f"cannot listen for DNS on {settings.dns_listen} (udp+tcp): {exc.strerror or exc}"
+        ) from None
     logger.info("DNS for %s on %s (udp+tcp)", settings.dns_zone, server.address)
     app[appkeys.DNS_RESPONDER] = responder
     app[appkeys.DNS_SERVER] = server
