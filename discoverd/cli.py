@@ -58,6 +58,11 @@ _SERVE_FLAGS: dict[str, tuple[str, str]] = {
     "--etcd-password-file": ("etcd_password_file", "file holding the password of --etcd-user"),
     "--dns-listen": ("dns_listen", "DNS responder HOST:PORT, UDP and TCP (127.0.0.1:8053)"),
     "--dns-zone": ("dns_zone", "zone the DNS responder is authoritative for (etcd.internal)"),
+    "--dns-rate": (
+        "dns_rate",
+        "UDP DNS responses per second per source /24 (IPv6 /56), bursts of twice that; "
+        "0 = off (100)",
+    ),
     "--data-dir": ("data_dir", "embedded etcd data (default ./discoverd-data)"),
     "--token-ttl": ("token_ttl", "a token and all its records expire after this (default 7d)"),
     "--max-size": ("max_size", "largest cluster size /new accepts (default 99)"),

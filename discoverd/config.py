@@ -110,6 +110,7 @@ class Settings(BaseSettings):
     grpc_key: Path | None = None
     dns_listen: Annotated[HostPort, NoDecode] = HostPort(host="127.0.0.1", port=8053)
     dns_zone: str = "etcd.internal"
+    dns_rate: float = Field(default=100.0, ge=0)  # UDP responses/s per /24 or /56, burst 2x
     etcd: Annotated[tuple[str, ...], NoDecode] = ()
     etcd_cacert: Path | None = None
     etcd_cert: Path | None = None

@@ -94,6 +94,7 @@ SAMPLES: dict[str, tuple[str, tuple[str, ...]]] = {
     "--etcd-password-file": ("{tmp}/password", ("--etcd-user", "discoverd", *HTTPS)),
     "--dns-listen": ("127.0.0.1:9997", ()),
     "--dns-zone": ("disco.example.org", ()),
+    "--dns-rate": ("20", ()),
     "--data-dir": ("/var/lib/discoverd", ()),
     "--token-ttl": ("2d", ()),
     "--max-size": ("7", ()),
