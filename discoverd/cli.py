@@ -2,8 +2,8 @@
 reads the environment (through `Settings`).
 
     discoverd serve [--listen HOST:PORT] [--etcd URL,...] ...   run the service
-    discoverd new [--size N] [--name N] [--server URL] [-q]     a new cluster token
-    discoverd status URL [--wait]                               follow a cluster
+    discoverd new [--size N] [--name N] [--server URL] [-q|--v3]  a new cluster token
+    discoverd status URL|TOKEN [--wait]                         follow a cluster
     discoverd join --server URL --token T --name N --ip IP ...  prepare a node (cloud-init)
     discoverd ca init --dir DIR                                 an offline CA
     discoverd cert issue|inspect|revoke ...                     certificates
@@ -86,36 +86,82 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+def _server_flag(command: argparse.ArgumentParser, required: bool = False) -> None:
+    from_env = os.environ.get("DISCOVERD_SERVER")
+    default = from_env or (None if required else DEFAULT_SERVER)
+    shown = "required" if required else f"default {DEFAULT_SERVER}"
+    command.add_argument(
+        "--server", default=default, required=default is None,
+        help=f"discoverd base URL, http:// or https:// (or DISCOVERD_SERVER; {shown})",
+    )  # fmt: skip
+
+
 def _cluster_parsers(commands: Any) -> None:
-    new = commands.add_parser("new", help="create a discovery token for a new cluster")
+    new = commands.add_parser(
+        "new", help="create a discovery token for a new cluster",
+        description="Mint a token and print the v3 discovery flags (etcd >= 3.6), the v2 "
+        "discovery URL (etcd <= 3.6), the DNS domain, the CA SHA-256 and a cloud-init snippet.",
+    )  # fmt: skip
     new.add_argument("--size", type=int, default=3, help="cluster size (default 3)")
     new.add_argument("--name", help="also publish the cluster as <name>.<zone>")
     new.add_argument("--cidr", action="append", default=[], help="IP range its certs may name")
     new.add_argument("--dns", action="append", default=[], help="DNS suffix its certs may name")
-    new.add_argument("--server", default=DEFAULT_SERVER, help=f"discoverd URL ({DEFAULT_SERVER})")
-    new.add_argument("--timeout", default="10s", help="retry an unreachable server this long")
-    new.add_argument("-q", "--quiet", action="store_true", help="print only the discovery URL")
+    _server_flag(new)
+    new.add_argument("--timeout", default="10s", help="retry an unreachable server this long (10s)")
+    shown = new.add_mutually_exclusive_group()
+    shown.add_argument(
+        "-q", "--quiet", action="store_true",
+        help="print only the v2 discovery URL (for scripts; etcd <= 3.6)",
+    )  # fmt: skip
+    shown.add_argument(
+        "--v3", action="store_true",
+        help="print only the v3 flags: --discovery-token=T --discovery-endpoints=... (etcd >= 3.6)",
+    )  # fmt: skip
 
     status = commands.add_parser("status", help="members, certificates and DNS of a cluster")
-    status.add_argument("cluster", help="the discovery URL, or the token with --server")
-    status.add_argument("--server", help="discoverd URL, when a bare token is given")
+    status.add_argument("cluster", help="the discovery URL, or the token (then --server)")
+    _server_flag(status)
     status.add_argument("--wait", action="store_true", help="follow it until it is complete")
     status.add_argument("--timeout", default="10m", help="how long --wait waits (10m)")
 
-    join = commands.add_parser("join", help="prepare this node to join a cluster (cloud-init)")
-    join.add_argument("--server", required=True, help="discoverd URL")
+    join = commands.add_parser(
+        "join", help="prepare this node to join a cluster (cloud-init)",
+        description="Enroll certificates, register this member and write OUT/etcd.env for the "
+        "stock etcd of this node's version: v3 discovery for etcd >= 3.6, v2 for <= 3.5.",
+    )  # fmt: skip
+    _server_flag(join, required=True)
     join.add_argument(
         "--token", help="the cluster token (or DISCOVERD_TOKEN: not visible in the process list)"
     )
     join.add_argument("--name", required=True, help="this member's name (--name of etcd)")
     join.add_argument("--ip", required=True, help="the address its peers and clients use")
-    join.add_argument("--mode", choices=["discovery", "srv"], default="discovery")
+    join.add_argument(
+        "--mode", choices=["discovery", "srv"], default="discovery",
+        help="discovery: etcd finds its peers through discoverd (v3 or v2 by etcd's version); "
+        "srv: through discoverd's DNS SRV records, once all members registered (discovery)",
+    )  # fmt: skip
     join.add_argument("--tls", action="store_true", help="enroll certificates; https everywhere")
     join.add_argument("--ca-sha256", help="refuse a CA whose SHA-256 differs (from `new`)")
     join.add_argument("--out", required=True, help="where etcd.env and the PEM files go")
     join.add_argument("--data-dir", default="/var/lib/etcd", help="ETCD_DATA_DIR (/var/lib/etcd)")
-    join.add_argument("--peer-port", type=int, default=2380)
-    join.add_argument("--client-port", type=int, default=2379)
+    join.add_argument("--peer-port", type=int, default=2380, help="etcd peer port (2380)")
+    join.add_argument("--client-port", type=int, default=2379, help="etcd client port (2379)")
+    join.add_argument(
+        "--local-client", action=argparse.BooleanOptionalAction, default=True,
+        help="etcd also serves clients on 127.0.0.1:<client-port> (default on)",
+    )  # fmt: skip
+    join.add_argument(
+        "--etcd-binary", default="etcd",
+        help="the etcd this node runs, asked for its version in discovery mode (etcd on PATH)",
+    )  # fmt: skip
+    join.add_argument(
+        "--etcd-version", metavar="X.Y[.Z]",
+        help="the etcd version, instead of asking --etcd-binary",
+    )  # fmt: skip
+    join.add_argument(
+        "--discovery-cacert", metavar="PATH",
+        help="CA of discoverd's TLS gRPC listener, for etcd >= 3.6 (default: system roots)",
+    )  # fmt: skip
     join.add_argument("--timeout", default="10m", help="retry an unreachable server this long")
 
 
@@ -216,7 +262,7 @@ def serve(settings: Settings) -> int:
 def _new(args: argparse.Namespace, timeout: float) -> int:
     return cluster_commands.new(
         args.server, args.size, name=args.name, cidrs=args.cidr, dns=args.dns,
-        quiet=args.quiet, timeout=timeout,
+        quiet=args.quiet, v3_only=args.v3, timeout=timeout,
     )  # fmt: skip
 
 
@@ -236,7 +282,9 @@ def _join(args: argparse.Namespace, timeout: float) -> int:
     request = JoinRequest(
         server=args.server, token=token, name=args.name, ip=args.ip, mode=args.mode,
         tls=args.tls, out=args.out, data_dir=args.data_dir, peer_port=args.peer_port,
-        client_port=args.client_port, ca_sha256=args.ca_sha256,
+        client_port=args.client_port, ca_sha256=args.ca_sha256, etcd_binary=args.etcd_binary,
+        etcd_version=args.etcd_version, discovery_cacert=args.discovery_cacert,
+        local_client=args.local_client,
     )  # fmt: skip
     try:
         print(join(request, timeout, say=lambda line: print(f"join: {line}", file=sys.stderr)))

@@ -1,5 +1,10 @@
 """`discoverd join`: what a new node runs (from cloud-init) before it starts etcd.
 
+    0. in discovery mode, find the version of the node's etcd (`etcd --version`, or
+       --etcd-version): etcd >= 3.6 gets v3 discovery (ETCD_DISCOVERY_TOKEN and
+       ETCD_DISCOVERY_ENDPOINTS, gRPC), etcd <= 3.5 the v2 URL (ETCD_DISCOVERY). etcd 3.7 has
+       no v2 discovery and only warns about ETCD_DISCOVERY in its environment, then boots as a
+       fresh one-node cluster: a join that cannot tell the version refuses to write anything;
     1. read the cluster (size, domains, discovery URL); refuse a full cluster;
     2. with --tls: fetch the cluster CA (checked against --ca-sha256), make keys here, enroll
        peer, server and client certificates (the keys never leave the node);
@@ -10,7 +15,8 @@
 
 Every file is written atomically, keys with mode 0600. A node that already joined (same
 token, name, address and mode) changes nothing and exits 0, so cloud-init re-runs and reboots
-are harmless. Failures are one line on stderr and a non-zero exit.
+are harmless. Failures are one line on stderr and a non-zero exit; every retry of an
+unreachable server is one line with its reason.
 """
 
 from __future__ import annotations
@@ -18,8 +24,11 @@ from __future__ import annotations
 import ipaddress
 import json
 import platform
+import re
+import shutil
+import subprocess
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +36,24 @@ from cryptography import x509 as cx509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
-from discoverd.api_client import ApiClient, ApiError
+from discoverd.api_client import ApiClient, ApiError, check_server
 from discoverd.certs import x509
 from discoverd.certs.offline import write_private, write_public
 
 MARKER = "join.json"
+DISCOVERY_CA = "discovery-ca.pem"  # the copy of --discovery-cacert that etcd reads
 POLL = 1.0
+VERSION_TIMEOUT = 30.0  # `etcd --version` on a loaded machine
+V3_DISCOVERY = (3, 6)  # the first etcd with v3 discovery; 3.7 has nothing else
+VERSION_RE = re.compile(r"^etcd Version: (\d+)\.(\d+)\.(\d+)", re.MULTILINE)
+GIVEN_VERSION_RE = re.compile(r"v?(\d+)\.(\d+)(?:\.\d+)?")
+# What identifies a join in OUT/join.json: a re-run with the same values is the same join.
+IDENTITY = (
+    "server", "token", "name", "ip", "mode", "tls", "out", "data_dir", "peer_port",
+    "client_port",
+)  # fmt: skip
+
+Version = tuple[int, int]
 
 
 @dataclass(frozen=True)
@@ -48,6 +69,10 @@ class JoinRequest:
     peer_port: int = 2380
     client_port: int = 2379
     ca_sha256: str | None = None
+    etcd_binary: str = "etcd"  # asked for its version in discovery mode
+    etcd_version: str | None = None  # X.Y[.Z]: not asked
+    discovery_cacert: str | None = None  # CA of a TLS v3 discovery endpoint (etcd >= 3.6)
+    local_client: bool = True  # etcd also listens for clients on 127.0.0.1
 
     @property
     def scheme(self) -> str:
@@ -65,13 +90,19 @@ class JoinError(Exception):
 
 def join(request: JoinRequest, timeout: float, say: Any = print) -> str:
     """Join the cluster; a short summary of what was done."""
-    out = Path(request.out)
+    out = Path(request.out).absolute()  # etcd.env names files in it: never relative
+    request = replace(request, out=str(out))
     _check(request)
     if _already_joined(out, request):
         return f"{request.name} already joined; {out / 'etcd.env'} is unchanged"
-    client = ApiClient(request.server, time.monotonic() + timeout)
+    version = etcd_version(request) if request.mode == "discovery" else None
+    if version is not None:
+        say(f"etcd {version[0]}.{version[1]}: {_discovery_kind(version)}")
     try:
-        cluster = client.get_json(f"/api/v1/clusters/{request.token}")
+        client = ApiClient(request.server, time.monotonic() + timeout, say=say)
+        cluster = client.cluster(request.token)
+        if version is not None and version >= V3_DISCOVERY:
+            _check_v3(cluster, version)
         members = {m["name"] for m in cluster["members"]}
         if request.name not in members and len(members) >= cluster["size"]:
             raise JoinError(
@@ -94,14 +125,23 @@ def join(request: JoinRequest, timeout: float, say: Any = print) -> str:
             _wait_for_members(client, request, cluster["size"], say)
     except ApiError as exc:
         raise JoinError(str(exc)) from None
-    # etcd.env and the marker carry the token (ETCD_DISCOVERY): only the owner reads them.
-    write_private(out / "etcd.env", render_env(request, cluster, out))
+    if version is not None and version >= V3_DISCOVERY and request.discovery_cacert:
+        if cluster["discovery_v3"]["tls"]:
+            write_public(out / DISCOVERY_CA, Path(request.discovery_cacert).read_text())
+        else:
+            say("--discovery-cacert is not used: the server's v3 discovery is plaintext")
+    # etcd.env and the marker carry the token (ETCD_DISCOVERY*): only the owner reads them.
+    write_private(out / "etcd.env", render_env(request, cluster, out, version))
     write_private(out / "etcdctl.env", render_etcdctl_env(request, out))
     write_private(out / MARKER, json.dumps(_marker(request), indent=1) + "\n")
     return f"{request.name} joined; start etcd with EnvironmentFile={out / 'etcd.env'}"
 
 
 def _check(request: JoinRequest) -> None:
+    try:
+        check_server(request.server)
+    except ApiError as exc:
+        raise JoinError(str(exc)) from None
     if request.mode not in ("discovery", "srv"):
         raise JoinError("--mode must be discovery or srv")
     try:
@@ -110,12 +150,59 @@ def _check(request: JoinRequest) -> None:
         raise JoinError(f"--ip {request.ip!r} is not an IP address") from None
     if request.ca_sha256 and not request.tls:
         raise JoinError("--ca-sha256 pins the CA of a TLS cluster: add --tls")
+    if request.discovery_cacert and not Path(request.discovery_cacert).is_file():
+        raise JoinError(f"--discovery-cacert {request.discovery_cacert}: no such file")
+
+
+def etcd_version(request: JoinRequest) -> Version:
+    """(major, minor) of the etcd this node will run: --etcd-version, or `etcd --version`."""
+    if request.etcd_version is not None:
+        given = GIVEN_VERSION_RE.fullmatch(request.etcd_version.strip())
+        if not given:
+            raise JoinError(f"--etcd-version {request.etcd_version!r} is not X.Y or X.Y.Z")
+        return int(given.group(1)), int(given.group(2))
+    binary = shutil.which(request.etcd_binary)
+    if binary is None:
+        return _unknown_version(f"no {request.etcd_binary} executable")
+    try:
+        run = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, timeout=VERSION_TIMEOUT,
+            check=False,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return _unknown_version(f"`{binary} --version` did not answer in {VERSION_TIMEOUT:.0f}s")
+    except OSError as exc:
+        return _unknown_version(f"cannot run {binary}: {exc.strerror or exc}")
+    found = VERSION_RE.search(run.stdout)
+    if run.returncode != 0 or not found:
+        said = (run.stdout + run.stderr).strip().splitlines()[:1] or ["nothing"]
+        return _unknown_version(
+            f"`{binary} --version` exited {run.returncode} and said {said[0][:120]!r}"
+        )
+    return int(found.group(1)), int(found.group(2))
+
+
+def _unknown_version(why: str) -> Version:
+    raise JoinError(f"cannot tell the etcd version: {why}; pass --etcd-version")
+
+
+def _discovery_kind(version: Version) -> str:
+    if version >= V3_DISCOVERY:
+        return "v3 discovery (ETCD_DISCOVERY_TOKEN, ETCD_DISCOVERY_ENDPOINTS)"
+    return "v2 discovery (ETCD_DISCOVERY)"
+
+
+def _check_v3(cluster: dict[str, Any], version: Version) -> None:
+    v3 = cluster.get("discovery_v3") or {}
+    if not v3.get("endpoints"):
+        raise JoinError(
+            f"etcd {version[0]}.{version[1]} needs v3 discovery, which this server does not "
+            "offer (no discovery_v3 endpoints in its cluster view); use --mode srv"
+        )
 
 
 def _marker(request: JoinRequest) -> dict[str, Any]:
-    fields = asdict(request)
-    fields.pop("ca_sha256", None)
-    return fields
+    return {field: getattr(request, field) for field in IDENTITY}
 
 
 def _already_joined(out: Path, request: JoinRequest) -> bool:
@@ -201,7 +288,7 @@ def _issued_by(cert_path: Path, ca: cx509.Certificate) -> bool:
 def _wait_for_members(client: ApiClient, request: JoinRequest, size: int, say: Any) -> None:
     seen = -1
     while True:
-        cluster = client.get_json(f"/api/v1/clusters/{request.token}")
+        cluster = client.cluster(request.token)
         count = len(cluster["members"])
         if count != seen:
             say(f"{count} of {size} members registered")
@@ -213,23 +300,34 @@ def _wait_for_members(client: ApiClient, request: JoinRequest, size: int, say: A
         time.sleep(POLL)
 
 
-def render_env(request: JoinRequest, cluster: dict[str, Any], out: Path) -> str:
-    """The ETCD_* variables of this member, read by the stock etcd from its environment."""
+def render_env(
+    request: JoinRequest, cluster: dict[str, Any], out: Path, version: Version | None
+) -> str:
+    """The ETCD_* variables of this member, read by the stock etcd (of `version`, needed in
+    discovery mode) from its environment."""
     peer = request.url(request.peer_port)
+    listen = [request.url(request.client_port)]
     local = request.url(request.client_port, "127.0.0.1")
+    if request.local_client and local not in listen:
+        listen.append(local)
     env = {
         "ETCD_NAME": request.name,
         "ETCD_DATA_DIR": request.data_dir,
         "ETCD_INITIAL_ADVERTISE_PEER_URLS": peer,
         "ETCD_LISTEN_PEER_URLS": peer,
-        "ETCD_LISTEN_CLIENT_URLS": f"{request.url(request.client_port)},{local}",
+        "ETCD_LISTEN_CLIENT_URLS": ",".join(listen),
         "ETCD_ADVERTISE_CLIENT_URLS": request.url(request.client_port),
+        # 3.4 to 3.7.1 all read it (3.7.1 logs "recognized and used environment variable")
         "ETCD_DISCOVERY_FALLBACK": "exit",
     }
     if platform.machine() in ("aarch64", "arm64"):
         env["ETCD_UNSUPPORTED_ARCH"] = "arm64"  # etcd 3.4 refuses to start on arm64 without it
     if request.mode == "discovery":
-        env["ETCD_DISCOVERY"] = cluster["discovery_url"]
+        if version is None:
+            raise ValueError("discovery mode needs the etcd version")
+        env |= discovery_env(
+            cluster, version, out / DISCOVERY_CA if request.discovery_cacert else None
+        )
     else:
         env["ETCD_DISCOVERY_SRV"] = cluster["dns"]["domains"][-1]  # <name>.<zone> if named
         env["ETCD_INITIAL_CLUSTER_TOKEN"] = request.token
@@ -245,6 +343,22 @@ def render_env(request: JoinRequest, cluster: dict[str, Any], out: Path) -> str:
             "ETCD_PEER_CLIENT_CERT_AUTH": "true",
         }
     return "".join(f"{key}={value}\n" for key, value in env.items())
+
+
+def discovery_env(cluster: dict[str, Any], version: Version, cacert: Path | None) -> dict[str, str]:
+    """How an etcd of `version` finds this cluster: v3 discovery from 3.6 on (3.7 knows nothing
+    else), the v2 URL before; never both (3.6 would log a deprecation, 3.7 ignore it)."""
+    if version < V3_DISCOVERY:
+        return {"ETCD_DISCOVERY": cluster["discovery_url"]}
+    v3 = cluster["discovery_v3"]
+    scheme = "https://" if v3["tls"] else ""  # https:// turns TLS on; bare host:port is plaintext
+    env = {
+        "ETCD_DISCOVERY_TOKEN": v3["token"],
+        "ETCD_DISCOVERY_ENDPOINTS": ",".join(scheme + endpoint for endpoint in v3["endpoints"]),
+    }
+    if v3["tls"] and cacert is not None:
+        env["ETCD_DISCOVERY_CACERT"] = str(cacert)
+    return env
 
 
 def render_etcdctl_env(request: JoinRequest, out: Path) -> str:

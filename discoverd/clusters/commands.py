@@ -1,8 +1,10 @@
 """The operator's cluster commands: `discoverd new` and `discoverd status`.
 
-`new` mints a token and prints what the nodes need: the discovery URL, the DNS domain, the
-CA fingerprint to pin and a cloud-init snippet. `status` shows members, certificates and DNS
-records of a cluster, and with --wait follows it with a progress bar until it is complete.
+`new` mints a token and prints what the nodes need: the v3 discovery flags (etcd >= 3.6), the
+v2 discovery URL (etcd <= 3.6), the DNS domain, the CA fingerprint to pin and a cloud-init
+snippet; `-q` prints only the v2 URL and `--v3` only the v3 flags, for scripts. `status` shows
+members, certificates and DNS records of a cluster, and with --wait follows it with a progress
+bar until it is complete. Both say each retry of an unreachable server on stderr.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import sys
 import time
 import urllib.parse
+from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
@@ -33,6 +36,10 @@ write_files:
 """
 
 
+def _say(command: str) -> Callable[[str], None]:
+    return lambda line: print(f"discoverd {command}: {line}", file=sys.stderr)
+
+
 def new(
     server: str,
     size: int,
@@ -41,39 +48,53 @@ def new(
     cidrs: list[str],
     dns: list[str],
     quiet: bool,
+    v3_only: bool = False,
     timeout: float,
 ) -> int:
     query = [("size", str(size))] + ([("name", name)] if name else [])
     query += [("cidr", c) for c in cidrs] + [("dns", d) for d in dns]
-    client = ApiClient(server, time.monotonic() + timeout)
     try:
+        client = ApiClient(server, time.monotonic() + timeout, say=_say("new"))
         url = client.call("POST", "/new?" + urllib.parse.urlencode(query)).decode().strip()
         if quiet:
             print(url)
             return 0
         token = url.rsplit("/", 1)[1]
-        client.get_text(f"/api/v1/clusters/{token}/ca.pem")  # makes the CA, to pin it now
-        cluster = client.get_json(f"/api/v1/clusters/{token}")
+        if not v3_only:
+            client.get_text(f"/api/v1/clusters/{token}/ca.pem")  # makes the CA, to pin it now
+        cluster = client.cluster(token)
+        flags = _v3_flags(cluster)
+        if v3_only and flags is None:
+            raise ApiError(f"{client.server} offers no v3 discovery (a discoverd too old for it)")
     except ApiError as exc:
         print(f"discoverd new: {exc}", file=sys.stderr)
         return 1
-    print(f"discovery URL: {url}")
-    print(f"DNS domain:    {', '.join(cluster['dns']['domains'])}")
-    print(f"CA sha256:     {cluster['ca_sha256']}")
-    print(f"expires:       {cluster['expires_at']}")
+    if v3_only:
+        print(flags)
+        return 0
+    print(f"v3 flags (etcd >= 3.6):      {flags or '(this server offers no v3 discovery)'}")
+    print(f"discovery URL (etcd <= 3.6): {url}")
+    print(f"DNS domain:                  {', '.join(cluster['dns']['domains'])}")
+    print(f"CA sha256:                   {cluster['ca_sha256']}")
+    print(f"expires:                     {cluster['expires_at']}")
     print()
     snippet = SNIPPET.format(
-        server=server.rstrip("/"), token=token, ca_sha256=cluster["ca_sha256"], version=__version__
+        server=client.server, token=token, ca_sha256=cluster["ca_sha256"], version=__version__
     )
     print(snippet)
     return 0
 
 
-def status(url_or_token: str, server: str | None, wait: bool, timeout: float) -> int:
+def _v3_flags(cluster: dict[str, Any]) -> str | None:
+    v3 = cluster.get("discovery_v3")
+    return str(v3["flags"]) if v3 and v3.get("endpoints") else None
+
+
+def status(url_or_token: str, server: str, wait: bool, timeout: float) -> int:
     try:
         base, token = split_url(url_or_token, server)
-        client = ApiClient(base, time.monotonic() + timeout)
-        cluster = client.get_json(f"/api/v1/clusters/{token}")
+        client = ApiClient(base, time.monotonic() + timeout, say=_say("status"))
+        cluster = client.cluster(token)
         if wait and not _complete(cluster):
             cluster = _follow(client, token, cluster, timeout)
     except ApiError as exc:
@@ -113,7 +134,7 @@ def _follow(
             if time.monotonic() > deadline:
                 raise ApiError(f"timed out after {timeout:.0f}s")
             time.sleep(1)
-            cluster = client.get_json(f"/api/v1/clusters/{token}")
+            cluster = client.cluster(token)
 
 
 def _table(cluster: dict[str, Any]) -> Table:

@@ -249,6 +249,7 @@ class Node:
             "ETCD_MEMBER_DIR": str(self.out),
             "ETCD_DATA_DIR": str(self.data),
             "DISCOVERD": self.discoverd,
+            "ETCD_BINARY": str(self.etcd),  # the join asks it for its version
         }
         return subprocess.Popen(
             in_host(self.host, "sh", str(self.script)),
@@ -458,7 +459,7 @@ def main(
 
         # 3. the operator: `discoverd new`
         new = run([discoverd_bin, "new", "--server", SERVER, "--size", "3"])
-        url = re.search(r"^discovery URL:\s*(\S+)", new.stdout, re.MULTILINE)
+        url = re.search(r"^discovery URL[^:]*:\s*(\S+)", new.stdout, re.MULTILINE)
         pin = re.search(r"^CA sha256:\s*(\S+)", new.stdout, re.MULTILINE)
         result["new"] = {
             "rc": new.returncode,
