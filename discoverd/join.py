@@ -356,8 +356,10 @@ def discovery_env(cluster: dict[str, Any], version: Version, cacert: Path | None
         "ETCD_DISCOVERY_TOKEN": v3["token"],
         "ETCD_DISCOVERY_ENDPOINTS": ",".join(scheme + endpoint for endpoint in v3["endpoints"]),
     }
-    if v3["tls"] and cacert is not None:
-        env["ETCD_DISCOVERY_CACERT"] = str(cacert)
+    if v3["tls"]:  # TLS only, never a plaintext fallback; system roots unless a CA is given
+        env["ETCD_DISCOVERY_INSECURE_TRANSPORT"] = "false"
+        if cacert is not None:
+            env["ETCD_DISCOVERY_CACERT"] = str(cacert)
     return env
 
 

