@@ -127,7 +127,8 @@ def test_new_and_status_say_every_retry(command, capsys):
 
 async def test_status_of_an_unknown_token_says_so(client, capsys):
     server = str(client.make_url("")).rstrip("/")
-    assert await asyncio.to_thread(main, ["status", "ab" * 16, "--server", server]) == 1
+    unknown = os.urandom(16).hex()  # never minted (other tests use fixed tokens)
+    assert await asyncio.to_thread(main, ["status", unknown, "--server", server]) == 1
     assert capsys.readouterr().err == (
         "discoverd status: no such discovery token (expired or mistyped)\n"
     )

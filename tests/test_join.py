@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 from pathlib import Path
 
@@ -149,7 +150,8 @@ def test_join_retries_then_gives_up_on_an_unreachable_server(tmp_path, capsys):
 
 async def test_an_unknown_token_is_said_so(client, tmp_path, capsys):
     server = str(client.make_url("")).rstrip("/")
-    argv = join_argv(server, "ab" * 16, "a", IPS[0], tmp_path / "a")
+    unknown = os.urandom(16).hex()  # never minted (other tests use fixed tokens)
+    argv = join_argv(server, unknown, "a", IPS[0], tmp_path / "a")
     assert await asyncio.to_thread(main, argv) == 1
     err = capsys.readouterr().err
     assert err.endswith("discoverd join: no such discovery token (expired or mistyped)\n"), err
