@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from discoverd import appkeys, middlewares, ops
+from discoverd import appkeys, join_route, middlewares, ops
 from discoverd.certs import handlers as cert_handlers
 from discoverd.certs import servicekey
 from discoverd.certs.authority import Authority
@@ -67,6 +67,7 @@ def build_app(settings: Settings) -> web.Application:
     ops.setup_routes(app)
     cluster_handlers.setup_routes(app, settings.route_prefix)
     cert_handlers.setup_routes(app, settings.route_prefix)
+    join_route.setup_routes(app, settings.route_prefix)
     v2_handlers.setup_routes(app, settings.route_prefix)
     return app
 

@@ -23,6 +23,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from discoverd import __version__, logs
+from discoverd import join as join_client
 from discoverd.clusters import commands as cluster_commands
 from discoverd.config import Settings, parse_duration
 
@@ -86,13 +87,10 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-def _server_flag(command: argparse.ArgumentParser, required: bool = False) -> None:
-    from_env = os.environ.get("DISCOVERD_SERVER")
-    default = from_env or (None if required else DEFAULT_SERVER)
-    shown = "required" if required else f"default {DEFAULT_SERVER}"
+def _server_flag(command: argparse.ArgumentParser) -> None:
     command.add_argument(
-        "--server", default=default, required=default is None,
-        help=f"discoverd base URL, http:// or https:// (or DISCOVERD_SERVER; {shown})",
+        "--server", default=os.environ.get("DISCOVERD_SERVER") or DEFAULT_SERVER,
+        help=f"discoverd base URL, http:// or https:// (or DISCOVERD_SERVER; {DEFAULT_SERVER})",
     )  # fmt: skip
 
 
@@ -127,42 +125,10 @@ def _cluster_parsers(commands: Any) -> None:
     join = commands.add_parser(
         "join", help="prepare this node to join a cluster (cloud-init)",
         description="Enroll certificates, register this member and write OUT/etcd.env for the "
-        "stock etcd of this node's version: v3 discovery for etcd >= 3.6, v2 for <= 3.5.",
+        "stock etcd of this node's version: v3 discovery for etcd >= 3.6, v2 for <= 3.5. The "
+        "same as `python3 join.py`, the one-file client discoverd serves at /api/v1/join.py.",
     )  # fmt: skip
-    _server_flag(join, required=True)
-    join.add_argument(
-        "--token", help="the cluster token (or DISCOVERD_TOKEN: not visible in the process list)"
-    )
-    join.add_argument("--name", required=True, help="this member's name (--name of etcd)")
-    join.add_argument("--ip", required=True, help="the address its peers and clients use")
-    join.add_argument(
-        "--mode", choices=["discovery", "srv"], default="discovery",
-        help="discovery: etcd finds its peers through discoverd (v3 or v2 by etcd's version); "
-        "srv: through discoverd's DNS SRV records, once all members registered (discovery)",
-    )  # fmt: skip
-    join.add_argument("--tls", action="store_true", help="enroll certificates; https everywhere")
-    join.add_argument("--ca-sha256", help="refuse a CA whose SHA-256 differs (from `new`)")
-    join.add_argument("--out", required=True, help="where etcd.env and the PEM files go")
-    join.add_argument("--data-dir", default="/var/lib/etcd", help="ETCD_DATA_DIR (/var/lib/etcd)")
-    join.add_argument("--peer-port", type=int, default=2380, help="etcd peer port (2380)")
-    join.add_argument("--client-port", type=int, default=2379, help="etcd client port (2379)")
-    join.add_argument(
-        "--local-client", action=argparse.BooleanOptionalAction, default=True,
-        help="etcd also serves clients on 127.0.0.1:<client-port> (default on)",
-    )  # fmt: skip
-    join.add_argument(
-        "--etcd-binary", default="etcd",
-        help="the etcd this node runs, asked for its version in discovery mode (etcd on PATH)",
-    )  # fmt: skip
-    join.add_argument(
-        "--etcd-version", metavar="X.Y[.Z]",
-        help="the etcd version, instead of asking --etcd-binary",
-    )  # fmt: skip
-    join.add_argument(
-        "--discovery-cacert", metavar="PATH",
-        help="CA of discoverd's TLS gRPC listener, for etcd >= 3.6 (default: system roots)",
-    )  # fmt: skip
-    join.add_argument("--timeout", default="10m", help="retry an unreachable server this long")
+    join_client.add_arguments(join, os.environ)
 
 
 def _cert_parsers(commands: Any) -> None:
@@ -205,7 +171,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    if args.command in ("new", "status", "join"):
+    if args.command == "join":
+        return _join(args)
+    if args.command in ("new", "status"):
         try:
             timeout = parse_duration(args.timeout)
         except ValueError as exc:
@@ -270,31 +238,8 @@ def _status(args: argparse.Namespace, timeout: float) -> int:
     return cluster_commands.status(args.cluster, args.server, args.wait, timeout)
 
 
-def _join(args: argparse.Namespace, timeout: float) -> int:
-    from discoverd.join import JoinError, JoinRequest, join
-
-    token = args.token or os.environ.get("DISCOVERD_TOKEN", "")
-    if not token:
-        print(
-            "discoverd join: give --token, or DISCOVERD_TOKEN in the environment", file=sys.stderr
-        )
-        return 2
-    request = JoinRequest(
-        server=args.server, token=token, name=args.name, ip=args.ip, mode=args.mode,
-        tls=args.tls, out=args.out, data_dir=args.data_dir, peer_port=args.peer_port,
-        client_port=args.client_port, ca_sha256=args.ca_sha256, etcd_binary=args.etcd_binary,
-        etcd_version=args.etcd_version, discovery_cacert=args.discovery_cacert,
-        local_client=args.local_client,
-    )  # fmt: skip
-    try:
-        print(join(request, timeout, say=lambda line: print(f"join: {line}", file=sys.stderr)))
-    except JoinError as exc:
-        print(f"discoverd join: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"discoverd join: {exc.filename or args.out}: {exc.strerror}", file=sys.stderr)
-        return 1
-    return 0
+def _join(args: argparse.Namespace) -> int:
+    return join_client.run(args, os.environ, "discoverd join")
 
 
 def _certs(args: argparse.Namespace) -> int:
@@ -352,5 +297,4 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 _CLUSTER_COMMANDS: dict[str, Callable[[argparse.Namespace, float], int]] = {
     "new": _new,
     "status": _status,
-    "join": _join,
 }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import os
 import re
 import time
@@ -64,7 +65,11 @@ async def test_new_prints_what_the_nodes_need(client, capsys):
     assert f"--discovery-token={token} --discovery-endpoints=127.0.0.1:" in lines[0]
     assert f"CA sha256:                   {view['ca_sha256']}" in out
     assert f"DNS domain:                  {token}.etcd.internal, web" in out
-    assert "DISCOVERD_PIP_SPEC=discoverd==" in out and f"DISCOVERD_TOKEN={token}" in out
+    served = await (await client.get("/api/v1/join.py")).read()
+    join_sha256 = hashlib.sha256(served).hexdigest()
+    assert f"join.py sha256:              {join_sha256}" in out
+    assert f"DISCOVERD_JOIN_SHA256={join_sha256}\n" in out and f"DISCOVERD_TOKEN={token}" in out
+    assert "PIP" not in out
     assert f"DISCOVERD_SERVER={server}\n" in out
 
 

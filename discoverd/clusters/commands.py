@@ -1,14 +1,16 @@
 """The operator's cluster commands: `discoverd new` and `discoverd status`.
 
 `new` mints a token and prints what the nodes need: the v3 discovery flags (etcd >= 3.6), the
-v2 discovery URL (etcd <= 3.6), the DNS domain, the CA fingerprint to pin and a cloud-init
-snippet; `-q` prints only the v2 URL and `--v3` only the v3 flags, for scripts. `status` shows
-members, certificates and DNS records of a cluster, and with --wait follows it with a progress
-bar until it is complete. Both say each retry of an unreachable server on stderr.
+v2 discovery URL (etcd <= 3.6), the DNS domain, the CA fingerprint to pin, the SHA-256 of the
+one-file join client the nodes fetch (GET /api/v1/join.py) and a cloud-init snippet; `-q`
+prints only the v2 URL and `--v3` only the v3 flags, for scripts. `status` shows members,
+certificates and DNS records of a cluster, and with --wait follows it with a progress bar
+until it is complete. Both say each retry of an unreachable server on stderr.
 """
 
 from __future__ import annotations
 
+import hashlib
 import sys
 import time
 import urllib.parse
@@ -19,7 +21,6 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from discoverd import __version__
 from discoverd.api_client import ApiClient, ApiError, split_url
 
 SNIPPET = """\
@@ -32,7 +33,7 @@ write_files:
       DISCOVERD_TOKEN={token}
       DISCOVERD_CA_SHA256={ca_sha256}
       DISCOVERD_MODE=discovery
-      DISCOVERD_PIP_SPEC=discoverd=={version}
+      DISCOVERD_JOIN_SHA256={join_sha256}
 """
 
 
@@ -60,26 +61,29 @@ def new(
             print(url)
             return 0
         token = url.rsplit("/", 1)[1]
-        if not v3_only:
-            client.get_text(f"/api/v1/clusters/{token}/ca.pem")  # makes the CA, to pin it now
+        if v3_only:
+            flags = _v3_flags(client.cluster(token))
+            if flags is None:
+                raise ApiError(f"{client.server} offers no v3 discovery (too old a discoverd)")
+            print(flags)
+            return 0
+        client.get_text(f"/api/v1/clusters/{token}/ca.pem")  # makes the CA, to pin it now
         cluster = client.cluster(token)
-        flags = _v3_flags(cluster)
-        if v3_only and flags is None:
-            raise ApiError(f"{client.server} offers no v3 discovery (a discoverd too old for it)")
+        # the one-file join client the nodes fetch, pinned by its digest
+        join_sha256 = hashlib.sha256(client.call("GET", "/api/v1/join.py")).hexdigest()
     except ApiError as exc:
         print(f"discoverd new: {exc}", file=sys.stderr)
         return 1
-    if v3_only:
-        print(flags)
-        return 0
+    flags = _v3_flags(cluster)
     print(f"v3 flags (etcd >= 3.6):      {flags or '(this server offers no v3 discovery)'}")
     print(f"discovery URL (etcd <= 3.6): {url}")
     print(f"DNS domain:                  {', '.join(cluster['dns']['domains'])}")
     print(f"CA sha256:                   {cluster['ca_sha256']}")
+    print(f"join.py sha256:              {join_sha256}")
     print(f"expires:                     {cluster['expires_at']}")
     print()
     snippet = SNIPPET.format(
-        server=client.server, token=token, ca_sha256=cluster["ca_sha256"], version=__version__
+        server=client.server, token=token, ca_sha256=cluster["ca_sha256"], join_sha256=join_sha256
     )
     print(snippet)
     return 0

@@ -1,7 +1,9 @@
 """Node bootstrap end to end: the shipped cloud-init user-data, the real `discoverd new` and
 `discoverd join`, and the stock etcd configured by nothing but the env file the join wrote.
-The join asks that etcd for its version: 3.4 and 3.5 get the v2 discovery URL, 3.7 (which has
-no v2 discovery) v3 discovery through discoverd's gRPC face.
+The join script fetches the one-file join client from discoverd, checks the sha256 `discoverd
+new` printed and runs it with the system's python3 (no virtualenv); the client asks the etcd
+for its version: 3.4 and 3.5 get the v2 discovery URL, 3.7 (which has no v2 discovery) v3
+discovery through discoverd's gRPC face.
 
 Everything runs in network namespaces this test makes (`unshare --mount --net`, then one
 `ip netns` per host on a private bridge 10.77.0.0/24): see tests/e2e/node_join_driver.py. For
@@ -16,6 +18,7 @@ same user-data is refused: the cluster is full.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pwd
 import shutil
@@ -92,6 +95,12 @@ def test_cloud_init_nodes_join_and_etcd_starts_from_its_env_file(tmp_path, mode,
 
     # every host joined, and etcd came up from its env file alone
     assert outcome.get("error") is None, why
+    # with the join client it fetched from discoverd, pinned by the sha256 `new` printed, run by
+    # the system's python3: nothing installed from PyPI, no virtualenv
+    shipped = hashlib.sha256((REPO / "discoverd/join.py").read_bytes()).hexdigest()
+    assert outcome["new"]["join_sha256"] == shipped, why
+    assert set(outcome["clients"].values()) == {shipped}, why
+    assert outcome["python3"] and not outcome["python3"].startswith(sys.prefix), why
     for host in MEMBERS:
         join = outcome["joins"][host]
         assert join["rc"] == 0, why
@@ -147,6 +156,11 @@ def test_cloud_init_nodes_join_and_etcd_starts_from_its_env_file(tmp_path, mode,
     assert outcome["get_h2_after_reboot"]["value"] == outcome["expected_value"], why
     assert outcome["get_h2_before_reboot"]["value"] == outcome["expected_value"], why
     assert outcome["get_h2_local"]["value"] == outcome["expected_value"], why
+
+    # a join client that is not the pinned one is refused and never run
+    bad_pin = outcome["h4_bad_pin"]
+    assert bad_pin["rc"] != 0 and "refusing to run it" in bad_pin["stderr"], why
+    assert not {"join.py", "join.py.new", "etcd-conf"} & set(bad_pin["left"]), why
 
     # a fourth host with the same user-data: refused, with a reason, and nothing registered
     h4 = outcome["h4"]
