@@ -46,6 +46,15 @@ _SERVE_FLAGS: dict[str, tuple[str, str]] = {
     ),
     "--grpc-cert": ("grpc_cert", "PEM certificate for TLS on the gRPC listener (none: plaintext)"),
     "--grpc-key": ("grpc_key", "PEM key of --grpc-cert"),
+    "--etcd-cacert": ("etcd_cacert", "CA bundle that verifies the backing etcd (public CAs)"),
+    "--etcd-cert": ("etcd_cert", "client certificate for the backing etcd (PEM, no CN)"),
+    "--etcd-key": ("etcd_key", "key of --etcd-cert (PEM)"),
+    "--etcd-user": ("etcd_user", "etcd RBAC user (needs readwrite on the /discoverd/ prefix)"),
+    "--etcd-password": (
+        "etcd_password",
+        "password of --etcd-user (visible in the process list: prefer the file or the env)",
+    ),
+    "--etcd-password-file": ("etcd_password_file", "file holding the password of --etcd-user"),
     "--dns-listen": ("dns_listen", "DNS responder HOST:PORT, UDP and TCP (127.0.0.1:8053)"),
     "--dns-zone": ("dns_zone", "zone the DNS responder is authoritative for (etcd.internal)"),
     "--data-dir": ("data_dir", "embedded etcd data (default ./discoverd-data)"),
@@ -59,6 +68,8 @@ _SERVE_FLAGS: dict[str, tuple[str, str]] = {
     ),
     "--new-rate": ("new_rate", "/new requests per second per client address, 0 = off (2)"),
     "--new-burst": ("new_burst", "/new burst per client address (30)"),
+    "--new-per-hour": ("new_per_hour", "/new per client /24 (IPv6: /64) per hour, 0 = off (1000)"),
+    "--max-tokens": ("max_tokens", "live tokens in all; /new answers 503 beyond (100000)"),
     "--trusted-proxy": (
         "trusted_proxies",
         "CIDRs of proxies whose X-Forwarded-For names the client (none)",
@@ -104,6 +115,9 @@ def _cluster_parsers(commands: Any) -> None:
     new.add_argument("--name", help="also publish the cluster as <name>.<zone>")
     new.add_argument("--cidr", action="append", default=[], help="IP range its certs may name")
     new.add_argument("--dns", action="append", default=[], help="DNS suffix its certs may name")
+    new.add_argument(
+        "--allow-root", action="store_true", help="a client certificate may name etcd's root"
+    )
     _server_flag(new)
     new.add_argument("--timeout", default="10s", help="retry an unreachable server this long (10s)")
     shown = new.add_mutually_exclusive_group()
@@ -193,8 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def serve(settings: Settings) -> int:
-    from aiohttp import web
-
+    from discoverd import appkeys, listener
     from discoverd.app import build_app
     from discoverd.certs.servicekey import ServiceKeyError
     from discoverd.discovery.v3.server import BindError
@@ -204,18 +217,20 @@ def serve(settings: Settings) -> int:
     loop = _new_loop()
     where = settings.listen.url()
     etcd = ",".join(settings.etcd) if settings.etcd else f"embedded ({settings.data_dir}/etcd)"
+    app = build_app(settings)
     try:
-        web.run_app(
-            build_app(settings),
-            host=settings.listen.host,
-            port=settings.listen.port,
-            access_log_class=logs.AccessLogger,
-            access_log=logging.getLogger("discoverd.access"),
-            print=lambda *_: logger.info(
+        return listener.run(
+            app,
+            settings.listen.host,
+            settings.listen.port,
+            app[appkeys.SHUTDOWN],
+            loop=loop,
+            ready=lambda: logger.info(
                 "discoverd listening on %s, DNS on %s (etcd: %s)", where, settings.dns_listen, etcd
             ),
-            loop=loop,
-            shutdown_timeout=5.0,
+            trusted=settings.trusted_proxies,
+            access_log_class=logs.AccessLogger,
+            access_log=logging.getLogger("discoverd.access"),
             handler_cancellation=True,  # a long-poll whose client left frees its waiter at once
         )
     except (EmbeddedEtcdError, ServiceKeyError, BindError) as exc:
@@ -224,13 +239,12 @@ def serve(settings: Settings) -> int:
     except OSError as exc:
         logger.error("cannot listen on %s: %s", settings.listen, exc.strerror or exc)
         return 1
-    return 0
 
 
 def _new(args: argparse.Namespace, timeout: float) -> int:
     return cluster_commands.new(
         args.server, args.size, name=args.name, cidrs=args.cidr, dns=args.dns,
-        quiet=args.quiet, v3_only=args.v3, timeout=timeout,
+        allow_root=args.allow_root, quiet=args.quiet, v3_only=args.v3, timeout=timeout,
     )  # fmt: skip
 
 

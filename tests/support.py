@@ -71,11 +71,17 @@ class DiscoverdProcess:
         ]
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 30, healthy: bool = True) -> DiscoverdProcess:
+    def launch(self) -> DiscoverdProcess:
+        """Start the process without waiting for it (several at once, then `start` each)."""
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 self.args, stdout=log, stderr=log, stdin=subprocess.DEVNULL
             )
+        return self
+
+    def start(self, timeout: float = 30, healthy: bool = True) -> DiscoverdProcess:
+        if self.process is None:
+            self.launch()
         if healthy:
             wait_until(
                 self.healthy, timeout, f"discoverd on {self.url} to be healthy ({self.log()})"

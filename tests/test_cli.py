@@ -12,6 +12,7 @@ import time
 import pytest
 
 from discoverd.cli import DEFAULT_SERVER, main, parser
+from discoverd.directory.rules import cluster_label as label
 from discoverd.store.embedded import free_port
 
 
@@ -22,6 +23,8 @@ from discoverd.store.embedded import free_port
         (["serve", "--etcd", "localhost:2379"], "invalid etcd"),
         (["serve", "--token-ttl", "forever"], "invalid token_ttl"),
         (["serve", "--max-size", "0"], "invalid max_size"),
+        (["serve", "--max-tokens", "0"], "invalid max_tokens"),
+        (["serve", "--new-per-hour", "-1"], "invalid new_per_hour"),
     ],
 )
 def test_serve_refuses_bad_settings(argv, message, capsys):
@@ -64,7 +67,7 @@ async def test_new_prints_what_the_nodes_need(client, capsys):
     assert lines[0] == f"v3 flags (etcd >= 3.6):      {view['discovery_v3']['flags']}"
     assert f"--discovery-token={token} --discovery-endpoints=127.0.0.1:" in lines[0]
     assert f"CA sha256:                   {view['ca_sha256']}" in out
-    assert f"DNS domain:                  {token}.etcd.internal, web" in out
+    assert f"DNS domain:                  {label(token)}.etcd.internal, web" in out
     served = await (await client.get("/api/v1/join.py")).read()
     join_sha256 = hashlib.sha256(served).hexdigest()
     assert f"join.py sha256:              {join_sha256}" in out
@@ -167,3 +170,13 @@ def test_every_flag_of_the_cluster_commands_says_what_it_does(name):
     assert "DISCOVERD_SERVER" in text
     if name == "join":
         assert "DISCOVERD_TOKEN" in text
+
+
+@pytest.mark.parametrize(("flags", "status"), [([], 403), (["--allow-root"], 200)])
+async def test_new_allows_etcds_root_only_when_asked(client, capsys, tmp_path, flags, status):
+    from tests.certs.test_handlers import csr, enroll
+
+    server = str(client.make_url("")).rstrip("/")
+    assert await asyncio.to_thread(main, ["new", "-q", *flags, "--server", server]) == 0
+    token = capsys.readouterr().out.strip().rsplit("/", 1)[1]
+    assert (await enroll(client, token, "root", csr(tmp_path, "root"), "client")).status == status

@@ -51,8 +51,10 @@ def new(
     quiet: bool,
     v3_only: bool = False,
     timeout: float,
+    allow_root: bool = False,
 ) -> int:
     query = [("size", str(size))] + ([("name", name)] if name else [])
+    query += [("root", "1")] if allow_root else []
     query += [("cidr", c) for c in cidrs] + [("dns", d) for d in dns]
     try:
         client = ApiClient(server, time.monotonic() + timeout, say=_say("new"))

@@ -48,6 +48,7 @@ from typing import Any
 
 import yaml
 
+from discoverd.directory.rules import cluster_label
 from discoverd.store.embedded import EmbeddedEtcd, _die_with_parent, etcd_binary
 from tests.support import DiscoverdProcess, wait_until
 
@@ -511,7 +512,7 @@ def main(
         result["clients"] = {
             node.host: hashlib.sha256(node.client.read_bytes()).hexdigest() for node in members
         }
-        domain = f"{token}.etcd.internal"
+        domain = f"{cluster_label(token)}.etcd.internal"
         resolved = run(in_host("h1", "getent", "hosts", f"h2.{domain}"))
         result["resolved_h2_in_h1"] = resolved.stdout.split()[:1]
 
