@@ -1,82 +1,27 @@
-"""A small blocking client of discoverd's HTTP API, for the node-side and operator commands.
+"""The HTTP client of the operator commands (`discoverd new`, `discoverd status`).
 
-Transport failures and 5xx answers are retried with backoff until the caller's deadline (a
-server that is starting, or an etcd election); 4xx answers are final and raised with the
-server's own reason. Nothing here prints: callers turn `ApiError` into one line on stderr.
+The client itself lives in `discoverd.join`, which discoverd serves to nodes as one
+standard-library-only file and so cannot import anything: retries with backoff until a
+deadline (each one said with its reason and the next attempt), 4xx answers final with the
+server's reason, an unknown token said as such, a server URL without http:// or https://
+refused before any request. This module adds how a `status` argument names a server and token.
 """
 
 from __future__ import annotations
 
-import json
-import time
-import urllib.error
-import urllib.request
-from dataclasses import dataclass, field
-from typing import Any
+from discoverd.join import UNKNOWN_CLUSTER, ApiClient, ApiError, check_server
 
-BACKOFF_START = 0.5
-BACKOFF_MAX = 10.0
+__all__ = ["UNKNOWN_CLUSTER", "ApiClient", "ApiError", "check_server", "split_url"]
 
 
-class ApiError(Exception):
-    """The server refused (4xx) or could not be reached before the deadline."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-@dataclass
-class ApiClient:
-    server: str
-    deadline: float  # time.monotonic() after which retries stop
-    request_timeout: float = 10.0
-    headers: dict[str, str] = field(default_factory=dict)  # sent with every request
-
-    def get_json(self, path: str) -> Any:
-        return json.loads(self.call("GET", path))
-
-    def get_text(self, path: str) -> str:
-        return self.call("GET", path).decode()
-
-    def send_json(self, method: str, path: str, body: Any) -> Any:
-        return json.loads(self.call(method, path, json.dumps(body).encode()))
-
-    def call(self, method: str, path: str, data: bytes | None = None) -> bytes:
-        url = self.server.rstrip("/") + path
-        delay = BACKOFF_START
-        while True:
-            request = urllib.request.Request(url, data=data, method=method, headers=self.headers)  # noqa: S310
-            if data is not None:
-                request.add_header("Content-Type", "application/json")
-            try:
-                with urllib.request.urlopen(request, timeout=self.request_timeout) as response:  # noqa: S310
-                    return bytes(response.read())
-            except urllib.error.HTTPError as exc:
-                if exc.code < 500:
-                    raise ApiError(_reason(exc), exc.code) from None
-                problem = f"{self.server} answered {exc.code}: {_reason(exc)}"
-            except (urllib.error.URLError, OSError) as exc:
-                problem = f"cannot reach {self.server}: {getattr(exc, 'reason', exc)}"
-            if time.monotonic() + delay > self.deadline:
-                raise ApiError(f"gave up: {problem}")
-            time.sleep(delay)
-            delay = min(delay * 2, BACKOFF_MAX)
-
-
-def _reason(exc: urllib.error.HTTPError) -> str:
-    try:
-        return str(json.loads(exc.read())["message"])
-    except (ValueError, KeyError, TypeError, OSError):
-        return exc.reason or f"HTTP {exc.code}"
-
-
-def split_url(url_or_token: str, server: str | None) -> tuple[str, str]:
-    """(server, token) from a discovery URL, or from a bare token and --server."""
+def split_url(url_or_token: str, server: str) -> tuple[str, str]:
+    """(server, token) from a discovery URL, or from a bare token and the server."""
     text = url_or_token.strip().rstrip("/")
     if "://" in text:
         base, _, token = text.rpartition("/")
-        return base, token
-    if server is None:
-        raise ApiError("give the discovery URL, or the token with --server")
-    return server.rstrip("/"), text
+        return check_server(base), token
+    if "/" in text or ":" in text:
+        raise ApiError(
+            f"{url_or_token!r} is neither a token nor a discovery URL with http:// or https://"
+        )
+    return check_server(server), text

@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from discoverd import appkeys, middlewares, ops
+from discoverd import appkeys, join_route, middlewares, ops
 from discoverd.admin import auth as admin_auth
 from discoverd.admin import handlers as admin_handlers
 from discoverd.certs import handlers as cert_handlers
@@ -81,6 +81,7 @@ def build_app(settings: Settings) -> web.Application:
     admin_handlers.setup_routes(app, settings.route_prefix)  # before the token routes
     cluster_handlers.setup_routes(app, settings.route_prefix)
     cert_handlers.setup_routes(app, settings.route_prefix)
+    join_route.setup_routes(app, settings.route_prefix)
     v2_handlers.setup_routes(app, settings.route_prefix)
     return app
 

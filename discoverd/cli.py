@@ -2,8 +2,8 @@
 reads the environment (through `Settings`).
 
     discoverd serve [--listen HOST:PORT] [--etcd URL,...] ...   run the service
-    discoverd new [--size N] [--name N] [--server URL] [-q]     a new cluster token
-    discoverd status URL [--wait]                               follow a cluster
+    discoverd new [--size N] [--name N] [--server URL] [-q|--v3]  a new cluster token
+    discoverd status URL|TOKEN [--wait]                         follow a cluster
     discoverd join --server URL --token T --name N --ip IP ...  prepare a node (cloud-init)
     discoverd ca init --dir DIR                                 an offline CA
     discoverd cert issue|inspect|revoke ...                     certificates
@@ -25,6 +25,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from discoverd import __version__, logs
+from discoverd import join as join_client
 from discoverd.clusters import commands as cluster_commands
 from discoverd.config import Settings, parse_duration
 
@@ -109,8 +110,19 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+def _server_flag(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--server", default=os.environ.get("DISCOVERD_SERVER") or DEFAULT_SERVER,
+        help=f"discoverd base URL, http:// or https:// (or DISCOVERD_SERVER; {DEFAULT_SERVER})",
+    )  # fmt: skip
+
+
 def _cluster_parsers(commands: Any) -> None:
-    new = commands.add_parser("new", help="create a discovery token for a new cluster")
+    new = commands.add_parser(
+        "new", help="create a discovery token for a new cluster",
+        description="Mint a token and print the v3 discovery flags (etcd >= 3.6), the v2 "
+        "discovery URL (etcd <= 3.6), the DNS domain, the CA SHA-256 and a cloud-init snippet.",
+    )  # fmt: skip
     new.add_argument("--size", type=int, default=3, help="cluster size (default 3)")
     new.add_argument("--name", help="also publish the cluster as <name>.<zone>")
     new.add_argument("--cidr", action="append", default=[], help="IP range its certs may name")
@@ -118,31 +130,31 @@ def _cluster_parsers(commands: Any) -> None:
     new.add_argument(
         "--allow-root", action="store_true", help="a client certificate may name etcd's root"
     )
-    new.add_argument("--server", default=DEFAULT_SERVER, help=f"discoverd URL ({DEFAULT_SERVER})")
-    new.add_argument("--timeout", default="10s", help="retry an unreachable server this long")
-    new.add_argument("-q", "--quiet", action="store_true", help="print only the discovery URL")
+    _server_flag(new)
+    new.add_argument("--timeout", default="10s", help="retry an unreachable server this long (10s)")
+    shown = new.add_mutually_exclusive_group()
+    shown.add_argument(
+        "-q", "--quiet", action="store_true",
+        help="print only the v2 discovery URL (for scripts; etcd <= 3.6)",
+    )  # fmt: skip
+    shown.add_argument(
+        "--v3", action="store_true",
+        help="print only the v3 flags: --discovery-token=T --discovery-endpoints=... (etcd >= 3.6)",
+    )  # fmt: skip
 
     status = commands.add_parser("status", help="members, certificates and DNS of a cluster")
-    status.add_argument("cluster", help="the discovery URL, or the token with --server")
-    status.add_argument("--server", help="discoverd URL, when a bare token is given")
+    status.add_argument("cluster", help="the discovery URL, or the token (then --server)")
+    _server_flag(status)
     status.add_argument("--wait", action="store_true", help="follow it until it is complete")
     status.add_argument("--timeout", default="10m", help="how long --wait waits (10m)")
 
-    join = commands.add_parser("join", help="prepare this node to join a cluster (cloud-init)")
-    join.add_argument("--server", required=True, help="discoverd URL")
-    join.add_argument(
-        "--token", help="the cluster token (or DISCOVERD_TOKEN: not visible in the process list)"
-    )
-    join.add_argument("--name", required=True, help="this member's name (--name of etcd)")
-    join.add_argument("--ip", required=True, help="the address its peers and clients use")
-    join.add_argument("--mode", choices=["discovery", "srv"], default="discovery")
-    join.add_argument("--tls", action="store_true", help="enroll certificates; https everywhere")
-    join.add_argument("--ca-sha256", help="refuse a CA whose SHA-256 differs (from `new`)")
-    join.add_argument("--out", required=True, help="where etcd.env and the PEM files go")
-    join.add_argument("--data-dir", default="/var/lib/etcd", help="ETCD_DATA_DIR (/var/lib/etcd)")
-    join.add_argument("--peer-port", type=int, default=2380)
-    join.add_argument("--client-port", type=int, default=2379)
-    join.add_argument("--timeout", default="10m", help="retry an unreachable server this long")
+    join = commands.add_parser(
+        "join", help="prepare this node to join a cluster (cloud-init)",
+        description="Enroll certificates, register this member and write OUT/etcd.env for the "
+        "stock etcd of this node's version: v3 discovery for etcd >= 3.6, v2 for <= 3.5. The "
+        "same as `python3 join.py`, the one-file client discoverd serves at /api/v1/join.py.",
+    )  # fmt: skip
+    join_client.add_arguments(join, os.environ)
 
 
 def _cert_parsers(commands: Any) -> None:
@@ -204,13 +216,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    if args.command in ("new", "status", "join"):
-        try:
-            timeout = parse_duration(args.timeout)
-        except ValueError as exc:
-            print(f"discoverd {args.command}: {exc}", file=sys.stderr)
-            return 2
-        return _CLUSTER_COMMANDS[args.command](args, timeout)
+    if args.command == "join":
+        return _join(args)
+    if args.command in ("new", "status"):
+        return _cluster_command(args)
     if args.command in ("ca", "cert"):
         return _certs(args)
     if args.command in _OPS_COMMANDS:
@@ -223,6 +232,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"discoverd: invalid {where}: {error['msg']}", file=sys.stderr)
         return 2
     return serve(settings)
+
+
+def _cluster_command(args: argparse.Namespace) -> int:
+    try:
+        timeout = parse_duration(args.timeout)
+    except ValueError as exc:
+        print(f"discoverd {args.command}: {exc}", file=sys.stderr)
+        return 2
+    return _CLUSTER_COMMANDS[args.command](args, timeout)
 
 
 def serve(settings: Settings) -> int:
@@ -283,7 +301,7 @@ def serve(settings: Settings) -> int:
 def _new(args: argparse.Namespace, timeout: float) -> int:
     return cluster_commands.new(
         args.server, args.size, name=args.name, cidrs=args.cidr, dns=args.dns,
-        allow_root=args.allow_root, quiet=args.quiet, timeout=timeout,
+        allow_root=args.allow_root, quiet=args.quiet, v3_only=args.v3, timeout=timeout,
     )  # fmt: skip
 
 
@@ -291,29 +309,8 @@ def _status(args: argparse.Namespace, timeout: float) -> int:
     return cluster_commands.status(args.cluster, args.server, args.wait, timeout)
 
 
-def _join(args: argparse.Namespace, timeout: float) -> int:
-    from discoverd.join import JoinError, JoinRequest, join
-
-    token = args.token or os.environ.get("DISCOVERD_TOKEN", "")
-    if not token:
-        print(
-            "discoverd join: give --token, or DISCOVERD_TOKEN in the environment", file=sys.stderr
-        )
-        return 2
-    request = JoinRequest(
-        server=args.server, token=token, name=args.name, ip=args.ip, mode=args.mode,
-        tls=args.tls, out=args.out, data_dir=args.data_dir, peer_port=args.peer_port,
-        client_port=args.client_port, ca_sha256=args.ca_sha256,
-    )  # fmt: skip
-    try:
-        print(join(request, timeout, say=lambda line: print(f"join: {line}", file=sys.stderr)))
-    except JoinError as exc:
-        print(f"discoverd join: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"discoverd join: {exc.filename or args.out}: {exc.strerror}", file=sys.stderr)
-        return 1
-    return 0
+def _join(args: argparse.Namespace) -> int:
+    return join_client.run(args, os.environ, "discoverd join")
 
 
 def _certs(args: argparse.Namespace) -> int:
@@ -424,7 +421,6 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 _CLUSTER_COMMANDS: dict[str, Callable[[argparse.Namespace, float], int]] = {
     "new": _new,
     "status": _status,
-    "join": _join,
 }
 _OPS_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "clusters": _clusters,

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import hashlib
 import os
 import re
+import time
 from pathlib import Path
 
 import pytest
 
-from discoverd.cli import _SERVE_FLAGS, main, parser, settings_from
+from discoverd.cli import _SERVE_FLAGS, DEFAULT_SERVER, main, parser, settings_from
 from discoverd.config import Settings
 from discoverd.directory.rules import cluster_label as label
 from discoverd.store.embedded import free_port
@@ -57,11 +60,119 @@ async def test_new_prints_what_the_nodes_need(client, capsys):
     argv = ["new", "--size", "3", "--name", "web" + os.urandom(3).hex(), "--server", server]
     assert await asyncio.to_thread(main, argv) == 0
     out = capsys.readouterr().out
-    token = re.search(r"discovery URL: http://discoverd\.test:8087/([0-9a-f]{32})", out).group(1)
+    lines = out.splitlines()
+    url = re.fullmatch(r"discovery URL \(etcd <= 3\.6\): +(http://discoverd\.test:8087/(\w{32}))",
+                       lines[1])  # fmt: skip
+    assert url, out
+    token = url.group(2)
     view = await (await client.get(f"/api/v1/clusters/{token}")).json()
-    assert f"CA sha256:     {view['ca_sha256']}" in out
-    assert f"DNS domain:    {label(token)}.etcd.internal, web" in out
-    assert "DISCOVERD_PIP_SPEC=discoverd==" in out and f"DISCOVERD_TOKEN={token}" in out
+    # the v3 flags first: the only discovery etcd 3.7 has
+    assert lines[0] == f"v3 flags (etcd >= 3.6):      {view['discovery_v3']['flags']}"
+    assert f"--discovery-token={token} --discovery-endpoints=127.0.0.1:" in lines[0]
+    assert f"CA sha256:                   {view['ca_sha256']}" in out
+    assert f"DNS domain:                  {label(token)}.etcd.internal, web" in out
+    served = await (await client.get("/api/v1/join.py")).read()
+    join_sha256 = hashlib.sha256(served).hexdigest()
+    assert f"join.py sha256:              {join_sha256}" in out
+    assert f"DISCOVERD_JOIN_SHA256={join_sha256}\n" in out and f"DISCOVERD_TOKEN={token}" in out
+    assert "PIP" not in out
+    assert f"DISCOVERD_SERVER={server}\n" in out
+
+
+@pytest.mark.parametrize(
+    ("flag", "pattern"),
+    [
+        ("-q", r"http://discoverd\.test:8087/[0-9a-f]{32}"),  # scripts: the v2 URL, as always
+        ("--v3", r"--discovery-token=[0-9a-f]{32} --discovery-endpoints=127\.0\.0\.1:\d+"),
+    ],
+)
+async def test_new_prints_one_line_for_scripts(client, capsys, flag, pattern):
+    server = str(client.make_url("")).rstrip("/")
+    assert await asyncio.to_thread(main, ["new", flag, "--server", server]) == 0
+    out = capsys.readouterr().out
+    assert re.fullmatch(pattern + "\n", out), out
+
+
+def test_new_takes_one_of_quiet_and_v3(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["new", "-q", "--v3"])
+    assert exit_.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["new", "--server", "127.0.0.1:8087"],
+        ["new", "--server", "localhost:8087"],
+        ["status", "ab" * 16, "--server", "discoverd.internal:8087"],
+        ["status", "discoverd.internal:8087/" + "ab" * 16],
+        ["join", "--server", "localhost:8087", "--token", "ab" * 16, "--name", "a",
+         "--ip", "10.0.0.1", "--out", "/nonexistent/out", "--etcd-version", "3.7"],
+    ],
+)  # fmt: skip
+def test_a_server_without_a_scheme_is_refused_at_once(argv, capsys):
+    started = time.monotonic()
+    assert main([*argv, "--timeout", "30s"]) == 1
+    err = capsys.readouterr().err
+    assert time.monotonic() - started < 5  # no retries
+    assert "http://" in err and "next attempt" not in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("command", ["new", "status"])
+def test_new_and_status_say_every_retry(command, capsys):
+    server = f"http://127.0.0.1:{free_port()}"
+    argv = [command, *(["ab" * 16] if command == "status" else []), "--server", server]
+    assert main([*argv, "--timeout", "2s"]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) >= 2, lines
+    for line in lines[:-1]:
+        assert re.fullmatch(
+            rf"discoverd {command}: cannot reach {server}: .+; next attempt in [0-9.]+s "
+            r"\(giving up in \d+s\)",
+            line,
+        ), line
+    assert lines[-1].startswith(f"discoverd {command}: gave up: cannot reach {server}")
+
+
+async def test_status_of_an_unknown_token_says_so(client, capsys):
+    server = str(client.make_url("")).rstrip("/")
+    unknown = os.urandom(16).hex()  # never minted (other tests use fixed tokens)
+    assert await asyncio.to_thread(main, ["status", unknown, "--server", server]) == 1
+    assert capsys.readouterr().err == (
+        "discoverd status: no such discovery token (expired or mistyped)\n"
+    )
+
+
+def test_status_uses_the_server_default_of_new(monkeypatch):
+    monkeypatch.delenv("DISCOVERD_SERVER", raising=False)
+    args = parser().parse_args(["status", "ab" * 16])
+    assert args.server == DEFAULT_SERVER == parser().parse_args(["new"]).server
+    monkeypatch.setenv("DISCOVERD_SERVER", "http://disco.example:8087")
+    for argv in (
+        ["status", "x"],
+        ["new"],
+        ["join", "--name", "a", "--ip", "1.2.3.4", "--out", "o"],
+    ):
+        assert parser().parse_args(argv).server == "http://disco.example:8087"
+
+
+def subcommand(name: str) -> argparse.ArgumentParser:
+    top = parser()
+    commands = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction))
+    return commands.choices[name]
+
+
+@pytest.mark.parametrize("name", ["new", "status", "join"])
+def test_every_flag_of_the_cluster_commands_says_what_it_does(name):
+    command = subcommand(name)
+    for action in command._actions:
+        assert action.help and action.help != argparse.SUPPRESS, action.option_strings
+    text = command.format_help()
+    assert "DISCOVERD_SERVER" in text
+    if name == "join":
+        assert "DISCOVERD_TOKEN" in text
 
 
 @pytest.mark.parametrize(("flags", "status"), [([], 403), (["--allow-root"], 200)])

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -19,8 +21,10 @@ async def new_cluster(client, query="size=3") -> str:
 
 
 def join_argv(server, token, name, ip, out, *extra):
+    """A join as an etcd 3.5 node runs it (v2 discovery); tests of other versions say so."""
     return ["join", "--server", server, "--token", token, "--name", name, "--ip", ip,
-            "--out", str(out), "--data-dir", str(out / "data"), "--timeout", "5s", *extra]  # fmt: skip
+            "--out", str(out), "--data-dir", str(out / "data"), "--timeout", "5s",
+            "--etcd-version", "3.5", *extra]  # fmt: skip
 
 
 def env_of(path) -> dict[str, str]:
@@ -140,11 +144,59 @@ async def test_join_refuses_bad_flags(client, tmp_path, capsys, argv_extra, mess
 
 
 def test_join_retries_then_gives_up_on_an_unreachable_server(tmp_path, capsys):
-    argv = join_argv(f"http://127.0.0.1:{free_port()}", "ab" * 16, "a", IPS[0], tmp_path / "a")
+    server = f"http://127.0.0.1:{free_port()}"
+    argv = join_argv(server, "ab" * 16, "a", IPS[0], tmp_path / "a")
     argv[argv.index("--timeout") + 1] = "2s"
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert "gave up: cannot reach" in err and "Traceback" not in err
+    retries = [line for line in err.splitlines() if "next attempt in" in line]
+    assert retries, err  # one line per retry, not silence until --timeout
+    assert all(line.startswith(f"join: cannot reach {server}: ") for line in retries), retries
+
+
+async def test_an_unknown_token_is_said_so(client, tmp_path, capsys):
+    server = str(client.make_url("")).rstrip("/")
+    unknown = os.urandom(16).hex()  # never minted (other tests use fixed tokens)
+    argv = join_argv(server, unknown, "a", IPS[0], tmp_path / "a")
+    assert await asyncio.to_thread(main, argv) == 1
+    err = capsys.readouterr().err
+    assert err.endswith("discoverd join: no such discovery token (expired or mistyped)\n"), err
+
+
+@pytest.mark.parametrize(
+    ("ip", "flags", "listen"),
+    [
+        ("10.0.5.1", [], "http://10.0.5.1:2379,http://127.0.0.1:2379"),
+        ("10.0.5.1", ["--no-local-client"], "http://10.0.5.1:2379"),
+        ("127.0.0.1", [], "http://127.0.0.1:2379"),  # not twice
+        ("::1", [], "http://[::1]:2379,http://127.0.0.1:2379"),
+    ],
+)
+async def test_the_local_client_listener(client, tmp_path, ip, flags, listen):
+    server = str(client.make_url("")).rstrip("/")
+    token = await new_cluster(client)
+    argv = join_argv(server, token, "a", ip, tmp_path / "a", *flags)
+    assert await asyncio.to_thread(main, argv) == 0
+    env = env_of(tmp_path / "a" / "etcd.env")
+    assert env["ETCD_LISTEN_CLIENT_URLS"] == listen
+    assert env["ETCD_ADVERTISE_CLIENT_URLS"] == listen.split(",")[0]
+
+
+async def test_a_relative_out_lands_as_absolute_paths(client, tmp_path, monkeypatch):
+    server = str(client.make_url("")).rstrip("/")
+    token = await new_cluster(client)
+    monkeypatch.chdir(tmp_path)
+    argv = join_argv(server, token, "a", IPS[0], tmp_path / "unused", "--tls")
+    argv[argv.index("--out") + 1] = "node/conf"
+    assert await asyncio.to_thread(main, argv) == 0
+    out = tmp_path / "node" / "conf"
+    env, ctl = env_of(out / "etcd.env"), env_of(out / "etcdctl.env")
+    assert env["ETCD_CERT_FILE"] == str(out / "server.pem")
+    assert env["ETCD_PEER_TRUSTED_CA_FILE"] == str(out / "ca.pem")
+    assert ctl["ETCDCTL_KEY"] == str(out / "client-key.pem")
+    paths = [v for v in (*env.values(), *ctl.values()) if v.endswith(".pem")]
+    assert len(paths) == 9 and all(Path(v).is_absolute() and Path(v).is_file() for v in paths)
 
 
 async def test_status_exit_codes(client, capsys):

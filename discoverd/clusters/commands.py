@@ -1,22 +1,26 @@
 """The operator's cluster commands: `discoverd new` and `discoverd status`.
 
-`new` mints a token and prints what the nodes need: the discovery URL, the DNS domain, the
-CA fingerprint to pin and a cloud-init snippet. `status` shows members, certificates and DNS
-records of a cluster, and with --wait follows it with a progress bar until it is complete.
+`new` mints a token and prints what the nodes need: the v3 discovery flags (etcd >= 3.6), the
+v2 discovery URL (etcd <= 3.6), the DNS domain, the CA fingerprint to pin, the SHA-256 of the
+one-file join client the nodes fetch (GET /api/v1/join.py) and a cloud-init snippet; `-q`
+prints only the v2 URL and `--v3` only the v3 flags, for scripts. `status` shows members,
+certificates and DNS records of a cluster, and with --wait follows it with a progress bar
+until it is complete. Both say each retry of an unreachable server on stderr.
 """
 
 from __future__ import annotations
 
+import hashlib
 import sys
 import time
 import urllib.parse
+from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from discoverd import __version__
 from discoverd.api_client import ApiClient, ApiError, split_url
 
 SNIPPET = """\
@@ -29,8 +33,12 @@ write_files:
       DISCOVERD_TOKEN={token}
       DISCOVERD_CA_SHA256={ca_sha256}
       DISCOVERD_MODE=discovery
-      DISCOVERD_PIP_SPEC=discoverd=={version}
+      DISCOVERD_JOIN_SHA256={join_sha256}
 """
+
+
+def _say(command: str) -> Callable[[str], None]:
+    return lambda line: print(f"discoverd {command}: {line}", file=sys.stderr)
 
 
 def new(
@@ -41,41 +49,58 @@ def new(
     cidrs: list[str],
     dns: list[str],
     quiet: bool,
+    v3_only: bool = False,
     timeout: float,
     allow_root: bool = False,
 ) -> int:
     query = [("size", str(size))] + ([("name", name)] if name else [])
     query += [("root", "1")] if allow_root else []
     query += [("cidr", c) for c in cidrs] + [("dns", d) for d in dns]
-    client = ApiClient(server, time.monotonic() + timeout)
     try:
+        client = ApiClient(server, time.monotonic() + timeout, say=_say("new"))
         url = client.call("POST", "/new?" + urllib.parse.urlencode(query)).decode().strip()
         if quiet:
             print(url)
             return 0
         token = url.rsplit("/", 1)[1]
+        if v3_only:
+            flags = _v3_flags(client.cluster(token))
+            if flags is None:
+                raise ApiError(f"{client.server} offers no v3 discovery (too old a discoverd)")
+            print(flags)
+            return 0
         client.get_text(f"/api/v1/clusters/{token}/ca.pem")  # makes the CA, to pin it now
-        cluster = client.get_json(f"/api/v1/clusters/{token}")
+        cluster = client.cluster(token)
+        # the one-file join client the nodes fetch, pinned by its digest
+        join_sha256 = hashlib.sha256(client.call("GET", "/api/v1/join.py")).hexdigest()
     except ApiError as exc:
         print(f"discoverd new: {exc}", file=sys.stderr)
         return 1
-    print(f"discovery URL: {url}")
-    print(f"DNS domain:    {', '.join(cluster['dns']['domains'])}")
-    print(f"CA sha256:     {cluster['ca_sha256']}")
-    print(f"expires:       {cluster['expires_at']}")
+    flags = _v3_flags(cluster)
+    print(f"v3 flags (etcd >= 3.6):      {flags or '(this server offers no v3 discovery)'}")
+    print(f"discovery URL (etcd <= 3.6): {url}")
+    print(f"DNS domain:                  {', '.join(cluster['dns']['domains'])}")
+    print(f"CA sha256:                   {cluster['ca_sha256']}")
+    print(f"join.py sha256:              {join_sha256}")
+    print(f"expires:                     {cluster['expires_at']}")
     print()
     snippet = SNIPPET.format(
-        server=server.rstrip("/"), token=token, ca_sha256=cluster["ca_sha256"], version=__version__
+        server=client.server, token=token, ca_sha256=cluster["ca_sha256"], join_sha256=join_sha256
     )
     print(snippet)
     return 0
 
 
-def status(url_or_token: str, server: str | None, wait: bool, timeout: float) -> int:
+def _v3_flags(cluster: dict[str, Any]) -> str | None:
+    v3 = cluster.get("discovery_v3")
+    return str(v3["flags"]) if v3 and v3.get("endpoints") else None
+
+
+def status(url_or_token: str, server: str, wait: bool, timeout: float) -> int:
     try:
         base, token = split_url(url_or_token, server)
-        client = ApiClient(base, time.monotonic() + timeout)
-        cluster = client.get_json(f"/api/v1/clusters/{token}")
+        client = ApiClient(base, time.monotonic() + timeout, say=_say("status"))
+        cluster = client.cluster(token)
         if wait and not _complete(cluster):
             cluster = _follow(client, token, cluster, timeout)
     except ApiError as exc:
@@ -115,7 +140,7 @@ def _follow(
             if time.monotonic() > deadline:
                 raise ApiError(f"timed out after {timeout:.0f}s")
             time.sleep(1)
-            cluster = client.get_json(f"/api/v1/clusters/{token}")
+            cluster = client.cluster(token)
 
 
 def _table(cluster: dict[str, Any]) -> Table:

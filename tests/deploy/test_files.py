@@ -44,7 +44,14 @@ def test_user_data_installs_the_shipped_etcd_unit_and_join_script():
     assert member["Service"]["User"] == "etcd"
     assert files["/etc/discoverd/join.conf"]["permissions"] == "0600"  # it holds the token
     script = files["/usr/local/sbin/etcd-member-join"]["content"]
-    assert "--tls --ca-sha256" in script and "join \\" in script
+    assert "--tls --ca-sha256" in script and "--etcd-binary" in script
+    # the join client: fetched from discoverd, checked against the pinned sha256, run by the
+    # distribution's python3 with nothing but its standard library; nothing from PyPI
+    assert '"$DISCOVERD_SERVER/api/v1/join.py"' in script
+    assert script.count("sha256sum -c") == 2 and 'python3 -I -S "$CLIENT"' in script
+    text = (DEPLOY / "cloud-init/etcd-member.yaml").read_text()
+    assert "pip" not in text and "venv" not in text
+    assert set(data["packages"]) == {"etcd-server", "python3", "curl", "openssl"}
     runcmd = [
         " ".join(map(str, step)) if isinstance(step, list) else step for step in data["runcmd"]
     ]

