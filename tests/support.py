@@ -42,11 +42,16 @@ def http(
 
 
 class DiscoverdProcess:
-    """`python -m discoverd serve` as a real process on a free loopback port."""
+    """`python -m discoverd serve` as a real process on free loopback ports: HTTP (`port`), DNS
+    (`dns_port`) and gRPC, the v3 discovery face (`grpc_port`, `grpc_endpoint`). A restart
+    (`start()` again) comes back on the same ports."""
 
-    def __init__(self, tmp: Path, etcd: Sequence[str] = (), *extra: str, port: int = 0) -> None:
+    def __init__(
+        self, tmp: Path, etcd: Sequence[str] = (), *extra: str, port: int = 0, grpc_port: int = 0
+    ) -> None:
         self.port = port or free_port()
         self.dns_port = free_port()
+        self.grpc_port = grpc_port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.data_dir = tmp / f"discoverd-{self.port}"
         self.log_path = tmp / f"discoverd-{self.port}.log"
@@ -63,10 +68,17 @@ class DiscoverdProcess:
             "0",
             "--dns-listen",
             f"127.0.0.1:{self.dns_port}",
+            "--grpc-listen",
+            self.grpc_endpoint,
             *(["--etcd", ",".join(etcd)] if etcd else []),
             *extra,
         ]
         self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def grpc_endpoint(self) -> str:
+        """`host:port` of the v3 discovery face, as etcd's `--discovery-endpoints` takes it."""
+        return f"127.0.0.1:{self.grpc_port}"
 
     def start(self, timeout: float = 30, healthy: bool = True) -> DiscoverdProcess:
         with self.log_path.open("ab") as log:

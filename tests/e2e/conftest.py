@@ -30,6 +30,7 @@ from discoverd.store.embedded import etcd_binary, free_port
 from tests.support import DiscoverdProcess, http, wait_until
 
 DEBIAN_ETCD = Path("/usr/bin/etcd")
+DEFAULT_ETCD_CACHE = Path.home() / ".cache" / "discoverd-etcd"  # tests/tools/build_etcd.sh's
 DEBIAN_ETCDCTL = Path("/usr/bin/etcdctl")
 MEMBER_READY_TIMEOUT = 30.0  # a bootstrap with every member up at once
 STOP_TIMEOUT = 10.0
@@ -82,9 +83,43 @@ def debian_etcd() -> EtcdBinary:
     return EtcdBinary("debian-etcd-3.4", DEBIAN_ETCD, etcdctl, arch_check=True)
 
 
+def etcd_cache() -> Path:
+    """Where tests/tools/build_etcd.sh puts the etcd versions it builds (`make etcd-test`)."""
+    return Path(os.environ.get("DISCOVERD_ETCD_CACHE") or DEFAULT_ETCD_CACHE)
+
+
+def built_etcd(version: str) -> EtcdBinary:
+    """A stock etcd built from etcd's Go modules by tests/tools/build_etcd.sh; skips the test,
+    loudly, when it was not built (no Go toolchain when `make test` ran)."""
+    directory = etcd_cache() / version
+    etcd, etcdctl = directory / "etcd", directory / "etcdctl"
+    if not (os.access(etcd, os.X_OK) and os.access(etcdctl, os.X_OK)):
+        pytest.skip(
+            f"SKIPPED LOUDLY: no etcd {version} in {directory}, so v3 discovery with the stock "
+            f"etcd {version} is NOT tested. `make test` builds it when Go >= 1.26 is on PATH "
+            f"(or run `tests/tools/build_etcd.sh {version}`; DISCOVERD_ETCD_CACHE moves the cache)."
+        )
+    return EtcdBinary(f"etcd-{version}", etcd, etcdctl)
+
+
+def etcd_3_6() -> EtcdBinary:
+    return built_etcd("3.6.14")
+
+
+def etcd_3_7() -> EtcdBinary:
+    return built_etcd("3.7.1")
+
+
+# Members that bootstrap with v2 discovery (`--discovery <url>`).
 ETCD_BINARIES: dict[str, Callable[[], EtcdBinary]] = {
     "etcd-3.5-distro": distro_etcd,
     "etcd-3.4-debian": debian_etcd,
+}
+# Members that bootstrap with v3 discovery (`--discovery-token` + `--discovery-endpoints`);
+# etcd 3.7 has nothing else.
+V3_ETCD_BINARIES: dict[str, Callable[[], EtcdBinary]] = {
+    "etcd-3.6": etcd_3_6,
+    "etcd-3.7": etcd_3_7,
 }
 
 
@@ -154,18 +189,39 @@ def loopback() -> Loopback:
 # -- etcd members ----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class V3Discovery:
+    """v3 discovery for a member: `--discovery-token T --discovery-endpoints host:port,...`."""
+
+    token: str
+    endpoints: tuple[str, ...]
+
+    def flags(self) -> list[str]:
+        return [f"--discovery-token={self.token}", f"--discovery-endpoints={','.join(self.endpoints)}"]
+
+
+Discovery = str | V3Discovery  # a v2 discovery URL, or v3 discovery
+
+
+def _discovery_flags(discovery: Discovery) -> list[str]:
+    if isinstance(discovery, V3Discovery):
+        return discovery.flags()
+    return [f"--discovery={discovery}"]
+
+
 class EtcdMember:
-    """One real etcd member started with `--discovery <url>` on its own loopback address.
+    """One real etcd member on its own loopback address, started with `--discovery <url>` (v2)
+    or with `--discovery-token` and `--discovery-endpoints` (v3, `V3Discovery`).
 
     Ports are picked once, so a restart (`start()` again) comes back on the same URLs and with
-    the same member ID: the ID hashes the peer URLs and the discovery URL.
+    the same member ID: the ID hashes the peer URLs and the discovery URL (v2) or token (v3).
     """
 
     def __init__(
         self,
         name: str,
         host: str,
-        discovery: str,
+        discovery: Discovery,
         workdir: Path,
         binary: EtcdBinary,
         extra: Sequence[str] = (),
@@ -202,7 +258,7 @@ class EtcdMember:
             f"--advertise-client-urls={self.client_url}",
             f"--listen-peer-urls={self.peer_url}",
             f"--initial-advertise-peer-urls={self.peer_url}",
-            f"--discovery={self.discovery}",
+            *_discovery_flags(self.discovery),
             "--logger=zap",
             *self.extra,
         ]
@@ -271,7 +327,7 @@ class Members:
     def add(
         self,
         name: str,
-        discovery: str,
+        discovery: Discovery,
         binary: EtcdBinary | None = None,
         extra: Sequence[str] = (),
     ) -> EtcdMember:
@@ -288,12 +344,16 @@ class Members:
 
     def start(
         self,
-        discovery: str | Sequence[str],
+        discovery: Discovery | Sequence[Discovery],
         names: Sequence[str] = ("m1", "m2", "m3"),
         binary: EtcdBinary | None = None,
     ) -> list[EtcdMember]:
-        """Start one member per name, all at once; `discovery` is one URL or one per name."""
-        urls = [discovery] * len(names) if isinstance(discovery, str) else list(discovery)
+        """Start one member per name, all at once; `discovery` is one for all or one per name."""
+        urls: list[Discovery] = (
+            [discovery] * len(names)
+            if isinstance(discovery, str | V3Discovery)
+            else list(discovery)
+        )
         assert len(urls) == len(names)
         return [self.add(name, url, binary).start() for name, url in zip(names, urls, strict=True)]
 
@@ -384,14 +444,19 @@ StartDiscoverd = Callable[..., DiscoverdProcess]
 
 @pytest.fixture
 def start_discoverd(tmp_path: Path) -> Iterator[StartDiscoverd]:
-    """Start `discoverd serve` processes: `start_discoverd(etcd_endpoints, *flags, port=0)`. An
-    empty `etcd_endpoints` runs discoverd with its embedded etcd. All stopped at teardown."""
+    """Start `discoverd serve` processes: `start_discoverd(etcd_endpoints, *flags, port=0,
+    grpc_port=0)` (0: a free port). An empty `etcd_endpoints` runs discoverd with its embedded
+    etcd. All stopped at teardown."""
     started: list[DiscoverdProcess] = []
 
     def start(
-        etcd: Sequence[str] = (), *extra: str, port: int = 0, healthy: bool = True
+        etcd: Sequence[str] = (),
+        *extra: str,
+        port: int = 0,
+        grpc_port: int = 0,
+        healthy: bool = True,
     ) -> DiscoverdProcess:
-        process = DiscoverdProcess(tmp_path, etcd, *extra, port=port)
+        process = DiscoverdProcess(tmp_path, etcd, *extra, port=port, grpc_port=grpc_port)
         started.append(process)
         return process.start(healthy=healthy)
 
