@@ -14,7 +14,7 @@ BENCH_TOOLS := wrk:wrk dnsperf:dnsperf dnsmasq:dnsmasq-base cfssl:golang-cfssl
 # modules once per machine into $DISCOVERD_ETCD_CACHE (~/.cache/discoverd-etcd), never the tree.
 ETCD_VERSIONS := 3.6.14 3.7.1
 
-.PHONY: run test check bench apt-test apt-bench etcd-test clean
+.PHONY: run test check bench apt-test apt-bench etcd-test clean proto
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,12 @@ check: $(STAMP)
 
 test: $(STAMP) apt-test etcd-test check
 	$(BIN)/pytest -q
+
+# Regenerate the protobuf/gRPC modules of the v3 discovery face from discoverd's own .proto files.
+PROTOS := discoverd/discovery/v3/pb/mvcc.proto discoverd/discovery/v3/pb/discovery.proto
+proto: $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
+	rm -f discoverd/discovery/v3/pb/mvcc_pb2_grpc.py
 
 bench: $(STAMP) apt-bench
 	$(BIN)/python -m bench $(ARGS)

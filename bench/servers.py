@@ -71,6 +71,7 @@ class Stack(ManagedProcess):
         self.url = ""
         self.wait_timeout = wait_timeout
         self.dns_port: int | None = None  # None: this discoverd has no DNS responder
+        self.grpc_port: int | None = None  # None: this discoverd has no v3 face
         self.dns_zone = DNS_ZONE
 
     @property
@@ -111,6 +112,9 @@ class Stack(ManagedProcess):
             self.dns_port = free_dns_port()
             self.command += ["--dns-listen", f"127.0.0.1:{self.dns_port}"]
             self.command += ["--dns-zone", self.dns_zone]
+        if "--grpc-listen" in flags:  # likewise for the v3 discovery face
+            self.grpc_port = free_port()
+            self.command += ["--grpc-listen", f"127.0.0.1:{self.grpc_port}"]
         self.launch()
         self._wait_healthy()
 

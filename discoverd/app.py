@@ -6,10 +6,12 @@ Resources start in this order and stop in reverse (aiohttp `cleanup_ctx`):
     gateway   the etcd3gw facade and its thread pool          -> GATEWAY
     registry  the in-memory view, its watch thread and probe  -> REGISTRY
     services  the directory, the cluster service, the CA    -> DIRECTORY, CLUSTERS, AUTHORITY
+    grpc      the v3 discovery face (gRPC) on --grpc-listen   -> GRPC_PORT
     dns       the zone, fed by registry changes; UDP+TCP      -> DNS_RESPONDER, DNS_SERVER
 
 Long-poll waits are released on shutdown, so a stopping replica answers them with an empty 200
-(etcd's client polls again) instead of holding the shutdown for --wait-timeout.
+(etcd's client polls again) instead of holding the shutdown for --wait-timeout; v3 watch streams
+are cut, and members re-create their watch on a replica (or on this one when it is back).
 """
 
 from __future__ import annotations
@@ -27,9 +29,11 @@ from discoverd.certs import servicekey
 from discoverd.certs.authority import Authority
 from discoverd.clusters import handlers as cluster_handlers
 from discoverd.clusters.service import ClusterService
-from discoverd.config import Settings, specific_address
+from discoverd.config import HostPort, Settings, specific_address
 from discoverd.directory.service import Directory, Limits
 from discoverd.discovery.v2 import handlers as v2_handlers
+from discoverd.discovery.v3 import server as v3_server
+from discoverd.discovery.v3.service import DiscoveryV3
 from discoverd.dns.server import DnsServer
 from discoverd.dns.view import published
 from discoverd.dns.wire import Responder
@@ -58,7 +62,7 @@ def build_app(settings: Settings) -> web.Application:
     app[appkeys.NEW_LIMITER] = RateLimiter(
         settings.new_rate, settings.new_burst, trusted_proxies=settings.trusted_proxies
     )
-    app.cleanup_ctx.extend([etcd_ctx, gateway_ctx, registry_ctx, services_ctx, dns_ctx])
+    app.cleanup_ctx.extend([etcd_ctx, gateway_ctx, registry_ctx, services_ctx, grpc_ctx, dns_ctx])
     app.on_shutdown.append(_release_waits)
     ops.setup_routes(app)
     cluster_handlers.setup_routes(app, settings.route_prefix)
@@ -146,6 +150,28 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await service.close()
+
+
+async def grpc_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[appkeys.SETTINGS]
+    count = app[appkeys.METRICS].grpc_requests
+    service = DiscoveryV3(
+        app[appkeys.DIRECTORY], lambda method, code: count.labels(method, code).inc()
+    )
+    credentials = None
+    if settings.grpc_cert is not None and settings.grpc_key is not None:
+        credentials = await asyncio.to_thread(
+            v3_server.tls_credentials, settings.grpc_cert, settings.grpc_key
+        )
+    listen = settings.grpc_listen
+    server, port = await v3_server.start(service, listen.host, listen.port, credentials)
+    app[appkeys.GRPC_PORT] = port
+    tls = "TLS" if credentials is not None else "plaintext"
+    logger.info("v3 discovery (gRPC, %s) on %s", tls, HostPort(host=listen.host, port=port))
+    try:
+        yield
+    finally:
+        await server.stop(grace=1.0)
 
 
 async def dns_ctx(app: web.Application) -> AsyncIterator[None]:

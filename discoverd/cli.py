@@ -178,6 +178,7 @@ def serve(settings: Settings) -> int:
 
     from discoverd.app import build_app
     from discoverd.certs.servicekey import ServiceKeyError
+    from discoverd.discovery.v3.server import BindError
     from discoverd.store.embedded import EmbeddedEtcdError
 
     logs.setup(settings.log_level, settings.log_format)
@@ -198,7 +199,7 @@ def serve(settings: Settings) -> int:
             shutdown_timeout=5.0,
             handler_cancellation=True,  # a long-poll whose client left frees its waiter at once
         )
-    except (EmbeddedEtcdError, ServiceKeyError) as exc:
+    except (EmbeddedEtcdError, ServiceKeyError, BindError) as exc:
         logger.error("%s", exc)
         return 1
     except OSError as exc:

@@ -35,8 +35,14 @@ class Metrics:
         )
         self.registrations = Counter(
             "discoverd_registrations_total",
-            "v2 registrations by result (created, duplicate).",
+            "Discovery registrations (v2 and v3) by result (created, duplicate).",
             ["result"],
+            registry=r,
+        )
+        self.grpc_requests = Counter(
+            "discoverd_grpc_requests_total",
+            "v3 discovery RPCs by method and gRPC status code.",
+            ["method", "code"],
             registry=r,
         )
         self.waits_in_flight = Gauge(

@@ -36,6 +36,7 @@ def settings(etcd_endpoint: str, tmp_path: Path) -> Settings:
         new_rate=0,
         wait_timeout="2s",
         dns_listen="127.0.0.1:0",
+        grpc_listen="127.0.0.1:0",
     )
 
 

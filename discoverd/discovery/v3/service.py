@@ -1,0 +1,331 @@
+"""The v3 discovery RPCs: parse -> directory -> render, for Range, Put, Watch and Authenticate.
+
+Reads (Range, Watch) answer from the registry view, never from etcd, except for a token the
+view does not know yet (the directory asks etcd once). A Put is a registration, the same record
+as a v2 PUT: it goes through `Directory.register`, so both faces share one set of rules.
+
+Domain errors become gRPC statuses here (`STATUS`), once for the whole face.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any, NoReturn
+
+import grpc
+from google.protobuf.message import DecodeError, Message
+
+from discoverd.directory.service import Directory
+from discoverd.discovery.v3 import protocol
+from discoverd.discovery.v3.pb import discovery_pb2 as pb
+from discoverd.discovery.v3.pb import mvcc_pb2
+from discoverd.errors import (
+    Conflict,
+    DiscoverdError,
+    Forbidden,
+    Invalid,
+    NotFound,
+    RateLimited,
+    Unavailable,
+)
+from discoverd.models import Cluster
+
+logger = logging.getLogger(__name__)
+
+# The header's cluster and member IDs mean nothing to a discovery client; fixed, non-zero.
+CLUSTER_ID = 0xD15C0
+MEMBER_ID = 0xD15C0D
+MAX_WATCHES_PER_STREAM = 64
+STREAM_QUEUE = 64  # responses buffered per stream for a client that reads slowly
+AUTH_NOT_ENABLED = "etcdserver: authentication is not enabled"  # clientv3 matches this text
+FUTURE_REVISION = "etcdserver: mvcc: required revision is a future revision"
+
+# Most specific class first.
+STATUS: list[tuple[type[DiscoverdError], grpc.StatusCode]] = [
+    (Invalid, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (Conflict, grpc.StatusCode.ALREADY_EXISTS),
+    (Forbidden, grpc.StatusCode.PERMISSION_DENIED),
+    (RateLimited, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (Unavailable, grpc.StatusCode.UNAVAILABLE),
+]
+
+
+def status_of(exc: DiscoverdError) -> grpc.StatusCode:
+    return next((code for kind, code in STATUS if isinstance(exc, kind)), grpc.StatusCode.UNKNOWN)
+
+
+def describe(exc: DiscoverdError) -> str:
+    return f"{exc.message} ({exc.cause})" if exc.cause else exc.message
+
+
+class Malformed:
+    """What the deserializer hands over instead of a message it could not decode."""
+
+    def __init__(self, detail: str) -> None:
+        self.detail = detail
+
+
+def parser(kind: type[Message]) -> Callable[[bytes], Message | Malformed]:
+    """A request deserializer that never raises: a malformed message becomes `Malformed`, which
+    the handler answers with INVALID_ARGUMENT (grpc's own answer would be a bare INTERNAL)."""
+
+    def parse(data: bytes) -> Message | Malformed:
+        try:
+            return kind.FromString(data)
+        except (DecodeError, ValueError) as exc:
+            return Malformed(str(exc) or "undecodable")
+
+    return parse
+
+
+async def abort(context: grpc.aio.ServicerContext[Any, Any], exc: DiscoverdError) -> NoReturn:
+    await context.abort(status_of(exc), describe(exc))
+    raise AssertionError("unreachable")  # abort() raises
+
+
+class DiscoveryV3:
+    """The handlers of the four RPCs, over the cluster directory."""
+
+    def __init__(self, directory: Directory, on_rpc: Callable[[str, str], None]) -> None:
+        self._directory = directory
+        self._registry = directory.registry
+        self._on_rpc = on_rpc  # (method, grpc code name) for metrics
+
+    def header(self, revision: int | None = None) -> pb.ResponseHeader:
+        return pb.ResponseHeader(
+            cluster_id=CLUSTER_ID,
+            member_id=MEMBER_ID,
+            revision=self._registry.revision if revision is None else revision,
+            raft_term=1,
+        )
+
+    # -- KV/Range ------------------------------------------------------------------------------
+
+    async def range(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            response = await self._range(_checked(request, pb.RangeRequest))
+        except DiscoverdError as exc:
+            self._on_rpc("Range", status_of(exc).name)
+            await abort(context, exc)
+        self._on_rpc("Range", "OK")
+        return response
+
+    async def _range(self, request: pb.RangeRequest) -> pb.RangeResponse:
+        where = protocol.scope(request.key, request.range_end)
+        if request.revision > self._registry.revision and self._registry.synced:
+            raise _FutureRevision(FUTURE_REVISION)
+        cluster = await self._lookup(where.token)
+        found = protocol.select(cluster, where, request.revision) if cluster else []
+        found = _filtered(found, request)
+        count = len(found)
+        more = 0 < request.limit < count
+        if more:
+            found = found[: request.limit]
+        kvs = [] if request.count_only else [e.kv(request.keys_only) for e in found]
+        return pb.RangeResponse(header=self.header(), kvs=kvs, more=more, count=count)
+
+    async def _lookup(self, token: str) -> Cluster | None:
+        try:
+            return await self._directory.bootstrap_cluster(token)
+        except NotFound:  # etcd's answer for a missing key: an empty range
+            return None
+
+    # -- KV/Put --------------------------------------------------------------------------------
+
+    async def put(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            response = await self._put(_checked(request, pb.PutRequest))
+        except DiscoverdError as exc:
+            self._on_rpc("Put", status_of(exc).name)
+            await abort(context, exc)
+        self._on_rpc("Put", "OK")
+        return response
+
+    async def _put(self, request: pb.PutRequest) -> pb.PutResponse:
+        token, member_id = protocol.registration_target(request.key)
+        if request.lease:
+            raise Invalid("registrations take no lease: they live as long as their token")
+        if request.ignore_value or request.ignore_lease:
+            raise Invalid("registrations are create-only: ignore_value/ignore_lease do not apply")
+        value = protocol.registration_value(request.value)
+        member = await self._directory.register(token, member_id, value)
+        return pb.PutResponse(header=self.header(max(member.created, self._registry.revision)))
+
+    # -- Auth/Authenticate ---------------------------------------------------------------------
+
+    async def authenticate(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        # clientv3 authenticates when given a user and password; this answer (etcd's own when
+        # auth is off) lets it go on without a token. Token scoping is discoverd's access control.
+        self._on_rpc("Authenticate", "FAILED_PRECONDITION")
+        await context.abort(grpc.StatusCode.FAILED_PRECONDITION, AUTH_NOT_ENABLED)
+
+    # -- Watch/Watch ---------------------------------------------------------------------------
+
+    async def watch(
+        self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.WatchResponse]:
+        self._on_rpc("Watch", "OK")
+        stream = _WatchStream(self)
+        reader = asyncio.create_task(stream.read(requests))
+        try:
+            while True:
+                response = await stream.out.get()
+                if response is None:
+                    break
+                yield response
+        finally:
+            reader.cancel()
+            await stream.close()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+        if stream.error is not None:
+            await abort(context, stream.error)
+
+
+class _FutureRevision(Invalid):
+    """A read at a revision the store has not reached (etcd: OUT_OF_RANGE)."""
+
+
+STATUS.insert(0, (_FutureRevision, grpc.StatusCode.OUT_OF_RANGE))
+
+
+def _checked(request: Any, kind: type[Message]) -> Any:
+    if isinstance(request, Malformed):
+        raise Invalid(f"malformed {kind.DESCRIPTOR.name}: {request.detail}")
+    return request
+
+
+def _filtered(found: list[protocol.Entry], request: pb.RangeRequest) -> list[protocol.Entry]:
+    bounds = (
+        request.min_mod_revision,
+        request.max_mod_revision,
+        request.min_create_revision,
+        request.max_create_revision,
+    )
+    if any(bounds):
+        low = max(request.min_mod_revision, request.min_create_revision)
+        highs = [b for b in (request.max_mod_revision, request.max_create_revision) if b]
+        high = min(highs) if highs else None
+        found = [e for e in found if e.revision >= low and (high is None or e.revision <= high)]
+    order, target = request.sort_order, request.sort_target
+    if order == pb.RangeRequest.NONE and target != pb.RangeRequest.KEY:
+        order = pb.RangeRequest.ASCEND  # etcd's rule: a sort target without an order ascends
+    if order == pb.RangeRequest.NONE:
+        return found
+    by: dict[int, Callable[[protocol.Entry], Any]] = {
+        pb.RangeRequest.KEY: lambda e: e.key,
+        pb.RangeRequest.VERSION: lambda e: 1,
+        pb.RangeRequest.CREATE: lambda e: e.revision,
+        pb.RangeRequest.MOD: lambda e: e.revision,
+        pb.RangeRequest.VALUE: lambda e: e.value,
+    }
+    return sorted(found, key=by[target], reverse=order == pb.RangeRequest.DESCEND)
+
+
+class _WatchStream:
+    """The watches of one Watch stream: requests in, responses out through one bounded queue."""
+
+    def __init__(self, service: DiscoveryV3) -> None:
+        self._service = service
+        self._registry = service._registry
+        self.out: asyncio.Queue[pb.WatchResponse | None] = asyncio.Queue(STREAM_QUEUE)
+        self._watches: dict[int, asyncio.Task[None]] = {}
+        self._next_id = 0
+        self.error: DiscoverdError | None = None
+
+    async def read(self, requests: AsyncIterator[Any]) -> None:
+        try:
+            async for request in requests:
+                await self._handle(_checked(request, pb.WatchRequest))
+        except DiscoverdError as exc:
+            self.error = exc
+        finally:
+            # The client closed its side (or broke the stream): end ours, as etcd does.
+            await self.out.put(None)
+
+    async def close(self) -> None:
+        for task in self._watches.values():
+            task.cancel()
+        await asyncio.gather(*self._watches.values(), return_exceptions=True)
+        self._watches.clear()
+
+    async def _handle(self, request: pb.WatchRequest) -> None:
+        kind = request.WhichOneof("request_union")
+        if kind == "create_request":
+            await self._create(request.create_request)
+        elif kind == "cancel_request":
+            await self._cancel(request.cancel_request.watch_id)
+        elif kind == "progress_request":
+            # -1: a progress notification for every watch of the stream (etcd's convention).
+            await self.out.put(pb.WatchResponse(header=self._service.header(), watch_id=-1))
+        else:
+            raise Invalid("a watch request must carry create_request, cancel_request or progress")
+
+    async def _create(self, create: pb.WatchCreateRequest) -> None:
+        watch_id = create.watch_id or self._free_id()
+        header = self._service.header()
+        try:
+            where = protocol.scope(create.key, create.range_end)
+            if watch_id in self._watches:
+                raise Invalid(f"watch id {watch_id} is already in use on this stream")
+            if len(self._watches) >= MAX_WATCHES_PER_STREAM:
+                raise Invalid(f"at most {MAX_WATCHES_PER_STREAM} watches per stream")
+            if create.start_revision < 0:
+                raise Invalid("start_revision must not be negative")
+        except DiscoverdError as exc:
+            # etcd's way of refusing one watch: created and canceled at once, with the reason.
+            refused = pb.WatchResponse(
+                header=header,
+                watch_id=watch_id,
+                created=True,
+                canceled=True,
+                cancel_reason=describe(exc),
+            )
+            await self.out.put(refused)
+            return
+        start = create.start_revision or self._registry.revision + 1
+        await self.out.put(pb.WatchResponse(header=header, watch_id=watch_id, created=True))
+        no_puts = pb.WatchCreateRequest.NOPUT in create.filters
+        task = asyncio.create_task(self._follow(watch_id, where, start, no_puts))
+        self._watches[watch_id] = task
+
+    def _free_id(self) -> int:
+        while self._next_id in self._watches:
+            self._next_id += 1
+        watch_id = self._next_id
+        self._next_id += 1
+        return watch_id
+
+    async def _cancel(self, watch_id: int) -> None:
+        task = self._watches.pop(watch_id, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.out.put(
+            pb.WatchResponse(header=self._service.header(), watch_id=watch_id, canceled=True)
+        )
+
+    async def _follow(
+        self, watch_id: int, where: protocol.Scope, start: int, no_puts: bool
+    ) -> None:
+        """Replay from `start`, then send each new registration in the scope as it arrives.
+        Registrations are create-only, so the view's create revisions are the whole history:
+        a discovery watch is never answered with a compaction."""
+        token = where.token
+        while True:
+            cluster = self._registry.cluster(token)
+            fresh = protocol.since(cluster, where, start) if cluster is not None else []
+            if fresh:
+                start = fresh[-1].revision + 1
+                if not no_puts:
+                    await self.out.put(self._events(watch_id, fresh))
+            await self._registry.wait_member(token, None, start)
+
+    def _events(self, watch_id: int, fresh: Iterable[protocol.Entry]) -> pb.WatchResponse:
+        events = [mvcc_pb2.Event(type=mvcc_pb2.Event.PUT, kv=entry.kv()) for entry in fresh]
+        return pb.WatchResponse(header=self._service.header(), watch_id=watch_id, events=events)
