@@ -1,4 +1,7 @@
-"""End-to-end fixtures: real etcd members bootstrapping through a real `discoverd serve` process.
+"""End-to-end fixtures: real etcd members bootstrapping through a real `discoverd serve` process,
+with v2 discovery (`--discovery <url>`: etcd 3.4, 3.5) or v3 discovery (`--discovery-token` and
+`--discovery-endpoints` on discoverd's gRPC port, `V3Discovery`: etcd 3.6, 3.7, built by
+`make etcd-test`; tests/e2e/v3support.py has the v3 helpers).
 
 Every process a test starts is owned by a fixture that stops it by its pid at teardown,
 whatever the outcome of the test. Readiness is always polled (member `/health`, discoverd
@@ -23,11 +26,15 @@ import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from discoverd.store.embedded import etcd_binary, free_port
 from tests.support import DiscoverdProcess, http, wait_until
+
+if TYPE_CHECKING:
+    from tests.e2e.v3support import DiscoveryService, ReferenceDiscovery
 
 DEBIAN_ETCD = Path("/usr/bin/etcd")
 DEFAULT_ETCD_CACHE = Path.home() / ".cache" / "discoverd-etcd"  # tests/tools/build_etcd.sh's
@@ -129,10 +136,12 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def _stop_process(process: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT) -> int:
-    """SIGTERM by pid, then SIGKILL if it does not exit in time; its exit status."""
+def _stop_process(
+    process: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT, sig: int = signal.SIGTERM
+) -> int:
+    """`sig` (SIGTERM) by pid, then SIGKILL if it does not exit in time; its exit status."""
     if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(sig)
         try:
             process.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -197,7 +206,10 @@ class V3Discovery:
     endpoints: tuple[str, ...]
 
     def flags(self) -> list[str]:
-        return [f"--discovery-token={self.token}", f"--discovery-endpoints={','.join(self.endpoints)}"]
+        return [
+            f"--discovery-token={self.token}",
+            f"--discovery-endpoints={','.join(self.endpoints)}",
+        ]
 
 
 Discovery = str | V3Discovery  # a v2 discovery URL, or v3 discovery
@@ -306,10 +318,11 @@ class EtcdMember:
         except subprocess.TimeoutExpired:
             raise AssertionError(f"{self} still running after {timeout}s:\n{self.log()}") from None
 
-    def stop(self) -> int | None:
-        """SIGTERM by pid (graceful: a leader hands over to a live follower), then SIGKILL."""
+    def stop(self, sig: int = signal.SIGTERM) -> int | None:
+        """SIGTERM (or `sig`) by pid (SIGTERM is graceful: a leader hands over to a live
+        follower), then SIGKILL."""
         process, self.process = self.process, None
-        return None if process is None else _stop_process(process)
+        return None if process is None else _stop_process(process, sig=sig)
 
     def log(self, since_start: bool = True) -> str:
         """The member's log, by default only what the latest `start()` wrote."""
@@ -581,3 +594,43 @@ def backing_etcd(tmp_path: Path) -> Iterator[BackingEtcd]:
         yield etcd
     finally:
         etcd.stop()
+
+
+# -- v3 discovery services (tests/e2e/v3support.py, imported late: it imports this module) -----
+
+
+@pytest.fixture(scope="module")
+def module_discoverd(
+    etcd_endpoint: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[DiscoverdProcess]:
+    """One discoverd on the session etcd for the tests of a module that stop neither it nor
+    its etcd: each test takes its own token, which keeps them apart."""
+    process = DiscoverdProcess(tmp_path_factory.mktemp("discoverd"), [etcd_endpoint])
+    try:
+        yield process.start()
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="module")
+def reference_discovery(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReferenceDiscovery]:
+    """etcd's recommended v3 discovery endpoint, a real etcd 3.7, for a whole module."""
+    from tests.e2e.v3support import ReferenceDiscovery
+
+    service = ReferenceDiscovery(tmp_path_factory.mktemp("reference"), etcd_3_7())
+    try:
+        yield service.start()
+    finally:
+        service.stop()
+
+
+@pytest.fixture(params=["real-etcd", "discoverd"])
+def v3_service(request: pytest.FixtureRequest) -> DiscoveryService:
+    """Each test that takes it runs twice: against a real etcd 3.7 used as the discovery
+    endpoint (the anchor: what stock members do there) and against discoverd's v3 face."""
+    from tests.e2e.v3support import DiscoverdDiscovery
+
+    if request.param == "real-etcd":
+        service: DiscoveryService = request.getfixturevalue("reference_discovery")
+        return service
+    return DiscoverdDiscovery(request.getfixturevalue("module_discoverd"))
