@@ -34,8 +34,10 @@ import grpc
 from bench import v3load
 from bench.process import run_output
 from bench.servers import Stack, cpu_seconds, rss_kb
+from tests.binaries import BUILT, ETCD_CACHE
 
-V3_VERSION = "3.7.1"
+V3_SERIES = "3.7"
+V3_VERSION = BUILT[V3_SERIES]
 BOOT_SIZES = (3, 5)
 BOOT_RUNS = 3
 BOOT_TIMEOUT = 60.0
@@ -48,9 +50,7 @@ Say = Callable[[str], None]
 
 def missing() -> str | None:
     """Why the v3 phases cannot run (no etcd 3.7 built), or None."""
-    from tests.e2e.conftest import etcd_cache
-
-    directory = etcd_cache() / V3_VERSION
+    directory = ETCD_CACHE / V3_VERSION
     if not (os.access(directory / "etcd", os.X_OK) and os.access(directory / "etcdctl", os.X_OK)):
         return (
             f"no etcd {V3_VERSION} in {directory}: run `make etcd-test` (needs Go) for the v3 "
@@ -66,7 +66,7 @@ class Anchor:
         from tests.e2e.conftest import built_etcd
         from tests.e2e.v3support import ReferenceDiscovery
 
-        self.binary = built_etcd(V3_VERSION)
+        self.binary = built_etcd(V3_SERIES)
         self.discovery = ReferenceDiscovery(scratch, self.binary)
 
     @property

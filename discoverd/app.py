@@ -3,7 +3,7 @@
 Resources start in this order and stop in reverse (aiohttp `cleanup_ctx`):
 
     etcd      the embedded etcd process (only without --etcd) -> ENDPOINTS
-    gateway   the etcd3gw facade and its thread pool          -> GATEWAY
+    gateway   the etcd3gw facade, its thread pool, TLS/RBAC   -> GATEWAY
     registry  the in-memory view, its watch thread and probe  -> REGISTRY
     services  the directory, the cluster service, the CA    -> DIRECTORY, CLUSTERS, AUTHORITY
     grpc      the v3 discovery face (gRPC) on --grpc-listen   -> GRPC_PORT
@@ -41,6 +41,7 @@ from discoverd.dns.zone import Zone
 from discoverd.logs import fingerprint
 from discoverd.metrics import Metrics
 from discoverd.ratelimit import RateLimiter
+from discoverd.store.access import EtcdAccess
 from discoverd.store.certificates import CertificateStore
 from discoverd.store.clusters import ClusterStore
 from discoverd.store.embedded import EmbeddedEtcd
@@ -89,7 +90,15 @@ async def etcd_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
     endpoints: tuple[str, ...] = app[appkeys.ENDPOINTS]
-    gateway = EtcdGateway(endpoints, app[appkeys.SETTINGS].etcd_timeout)
+    settings = app[appkeys.SETTINGS]
+    access = EtcdAccess(
+        cacert=settings.etcd_cacert,
+        cert=settings.etcd_cert,
+        key=settings.etcd_key,
+        user=settings.etcd_user,
+        password=settings.etcd_secret,
+    )
+    gateway = EtcdGateway(endpoints, settings.etcd_timeout, access=access)
     gateway.on_failure = app[appkeys.METRICS].etcd_errors.inc
     app[appkeys.GATEWAY] = gateway
     try:
@@ -124,7 +133,7 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     service = Directory(
         app[appkeys.REGISTRY],
         ClusterStore(app[appkeys.GATEWAY]),
-        Limits(settings.default_size, settings.max_size, settings.token_ttl),
+        Limits(settings.default_size, settings.max_size, settings.token_ttl, settings.retry_window),
         on_register=lambda result: metrics.registrations.labels(result).inc(),
     )
     app[appkeys.DIRECTORY] = service

@@ -45,12 +45,26 @@ _SERVE_FLAGS: dict[str, tuple[str, str]] = {
     ),
     "--grpc-cert": ("grpc_cert", "PEM certificate for TLS on the gRPC listener (none: plaintext)"),
     "--grpc-key": ("grpc_key", "PEM key of --grpc-cert"),
+    "--etcd-cacert": ("etcd_cacert", "CA bundle that verifies the backing etcd (public CAs)"),
+    "--etcd-cert": ("etcd_cert", "client certificate for the backing etcd (PEM, no CN)"),
+    "--etcd-key": ("etcd_key", "key of --etcd-cert (PEM)"),
+    "--etcd-user": ("etcd_user", "etcd RBAC user (needs readwrite on the /discoverd/ prefix)"),
+    "--etcd-password": (
+        "etcd_password",
+        "password of --etcd-user (visible in the process list: prefer the file or the env)",
+    ),
+    "--etcd-password-file": ("etcd_password_file", "file holding the password of --etcd-user"),
     "--dns-listen": ("dns_listen", "DNS responder HOST:PORT, UDP and TCP (127.0.0.1:8053)"),
     "--dns-zone": ("dns_zone", "zone the DNS responder is authoritative for (etcd.internal)"),
     "--data-dir": ("data_dir", "embedded etcd data (default ./discoverd-data)"),
     "--token-ttl": ("token_ttl", "a token and all its records expire after this (default 7d)"),
     "--max-size": ("max_size", "largest cluster size /new accepts (default 99)"),
     "--wait-timeout": ("wait_timeout", "an idle v2 wait ends with an empty 200 after this (50s)"),
+    "--retry-window": (
+        "retry_window",
+        "a registration's identical retry succeeds this long after it, once the cluster formed "
+        "(10m)",
+    ),
     "--new-rate": ("new_rate", "/new requests per second per client address, 0 = off (2)"),
     "--new-burst": ("new_burst", "/new burst per client address (30)"),
     "--trusted-proxy": (

@@ -5,11 +5,20 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import ssl
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
@@ -92,11 +101,18 @@ class Settings(BaseSettings):
     dns_listen: Annotated[HostPort, NoDecode] = HostPort(host="127.0.0.1", port=8053)
     dns_zone: str = "etcd.internal"
     etcd: Annotated[tuple[str, ...], NoDecode] = ()
+    etcd_cacert: Path | None = None
+    etcd_cert: Path | None = None
+    etcd_key: Path | None = None
+    etcd_user: str | None = None
+    etcd_password: SecretStr | None = None
+    etcd_password_file: Path | None = None
     data_dir: Path = Path("./discoverd-data")
     token_ttl: float = 7 * 86400
     max_size: int = Field(default=99, ge=1, le=999)
     default_size: int = Field(default=3, ge=1)
     wait_timeout: float = 50.0
+    retry_window: float = 600.0
     new_rate: float = Field(default=2.0, ge=0)
     new_burst: int = Field(default=30, ge=1)
     etcd_timeout: float = 2.0
@@ -107,6 +123,7 @@ class Settings(BaseSettings):
     etcd_binary: Path | None = None
     log_level: str = "info"
     log_format: str = "json"
+    _etcd_secret: str | None = PrivateAttr(default=None)
 
     @field_validator("listen", "dns_listen", "grpc_listen", mode="before")
     @classmethod
@@ -126,6 +143,20 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             value = [part.strip() for part in value.split(",") if part.strip()]
         return tuple(str(HostPort.parse(endpoint)) for endpoint in value)
+
+    @field_validator("etcd_cacert", "etcd_cert", "etcd_key", "etcd_password_file")
+    @classmethod
+    def _readable(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value}: no such file")
+        return value
+
+    @field_validator("etcd_user")
+    @classmethod
+    def _user(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("--etcd-user is empty")
+        return value
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod
@@ -148,7 +179,9 @@ class Settings(BaseSettings):
     def _public_url(cls, value: str | None) -> str | None:
         return None if value is None else _check_url(value.rstrip("/"), "--public-url")
 
-    @field_validator("token_ttl", "wait_timeout", "etcd_timeout", "cert_ttl", mode="before")
+    @field_validator(
+        "token_ttl", "wait_timeout", "etcd_timeout", "cert_ttl", "retry_window", mode="before"
+    )
     @classmethod
     def _duration(cls, value: Any) -> float:
         return parse_duration(value)
@@ -179,7 +212,14 @@ class Settings(BaseSettings):
             raise ValueError("--grpc-cert and --grpc-key go together")
         if self.cert_ttl < 3600:
             raise ValueError("--cert-ttl below 1h would expire before a member is up")
+        self._etcd_secret = _etcd_secret(self)
+        _check_etcd_tls(self)
         return self
+
+    @property
+    def etcd_secret(self) -> str | None:
+        """The etcd RBAC password, from --etcd-password or --etcd-password-file."""
+        return self._etcd_secret
 
     @property
     def base_url(self) -> str:
@@ -210,6 +250,50 @@ class Settings(BaseSettings):
     def service_key_path(self) -> Path:
         """Where the service key that seals CA keys is kept (created if absent)."""
         return self.service_key_file or self.data_dir / "service.key"
+
+
+def _etcd_secret(settings: Settings) -> str | None:
+    """The password of --etcd-user; both given or neither, and from one source."""
+    password, path = settings.etcd_password, settings.etcd_password_file
+    if password is not None and path is not None:
+        raise ValueError("give --etcd-password or --etcd-password-file, not both")
+    secret = password.get_secret_value() if password is not None else None
+    if path is not None:
+        try:
+            secret = path.read_text().rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"--etcd-password-file {path}: cannot read it ({exc})") from None
+    if settings.etcd_user and not secret:
+        raise ValueError("--etcd-user needs --etcd-password or --etcd-password-file")
+    if secret and not settings.etcd_user:
+        raise ValueError("an etcd password needs --etcd-user")
+    if settings.etcd_user and not settings.etcd:
+        raise ValueError("--etcd-user applies to an --etcd cluster; the embedded etcd has no auth")
+    return secret
+
+
+def _check_etcd_tls(settings: Settings) -> None:
+    """The TLS files load, the key matches the certificate, and an https endpoint uses them."""
+    cacert, cert, key = settings.etcd_cacert, settings.etcd_cert, settings.etcd_key
+    if (cert is None) != (key is None):
+        raise ValueError("--etcd-cert and --etcd-key go together")
+    if cacert is None and cert is None:
+        return
+    if not any(url.startswith("https://") for url in settings.etcd):
+        raise ValueError("--etcd-cacert/--etcd-cert need an https:// --etcd endpoint")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        if cacert is not None:
+            context.load_verify_locations(cafile=str(cacert))
+    except (ssl.SSLError, OSError) as exc:
+        raise ValueError(f"--etcd-cacert {cacert}: not a PEM CA certificate ({exc})") from None
+    try:
+        if cert is not None and key is not None:
+            context.load_cert_chain(str(cert), str(key))
+    except (ssl.SSLError, OSError) as exc:
+        raise ValueError(
+            f"--etcd-cert {cert} / --etcd-key {key}: not a PEM certificate and its key ({exc})"
+        ) from None
 
 
 def specific_address(host: str) -> str | None:

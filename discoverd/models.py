@@ -101,6 +101,18 @@ class MemberRecord(BaseModel):
     client_urls: tuple[str, ...] = ()
 
 
+class NameClaim(BaseModel):
+    """Who holds a member name in a cluster (names compared lower-cased): at most one discovery
+    registration and one member API record, and both must name the same peer URLs (`discoverd
+    join` and the etcd it sets up register the same node, each through its own face)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    peer_urls: tuple[str, ...]  # sorted, without duplicates
+    member_id: str | None = None  # the discovery registration's key
+    api_name: str | None = None  # the member API record's name, as written
+
+
 @dataclass(frozen=True, slots=True)
 class ApiMember:
     name: str
@@ -110,11 +122,13 @@ class ApiMember:
 
 @dataclass(frozen=True, slots=True)
 class Member:
-    """One v2 registration. Immutable: registrations are create-only."""
+    """One discovery registration. Immutable: registrations are create-only."""
 
     member_id: str
-    value: str
+    value: str  # name=peerURL[,...], as the member sent it and as every face shows it
     created: int  # etcd create revision = v2 createdIndex = modifiedIndex
+    registered_at: float | None = None  # unix time it was stored (None: by an older version)
+    protocol: str = "v2"  # the discovery protocol it came through: "v2" or "v3"
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +190,6 @@ class Cluster:
         return next((c for c in self.certs if c.serial == serial), None)
 
     def member_names(self) -> set[str]:
-        """Every member name registered, through v2 discovery or the member API."""
-        v2 = {member.value.partition("=")[0] for member in self.members}
-        return v2 | {member.name for member in self.api_members}
+        """Every member name registered, through discovery or the member API, lower-cased."""
+        v2 = {member.value.partition("=")[0].lower() for member in self.members}
+        return v2 | {member.name.lower() for member in self.api_members}

@@ -18,8 +18,10 @@ def setup_routes(app: web.Application) -> None:
 
 
 async def health(request: web.Request) -> web.Response:
-    """200 when etcd answers and this replica's view is in step with it; 503 otherwise."""
+    """200 when etcd answers and this replica's view is in step with it; 503 otherwise, with
+    the reason (etcd down, or what is wrong with TLS, credentials or permissions)."""
     registry = request.app[appkeys.REGISTRY]
+    gateway = request.app[appkeys.GATEWAY]
     body: dict[str, Any] = {
         "version": __version__,
         "registry": {
@@ -29,11 +31,15 @@ async def health(request: web.Request) -> web.Response:
         },
     }
     try:
-        status = await request.app[appkeys.GATEWAY].status()
+        status = await gateway.status()
     except Unavailable as exc:
         body.update(status="unavailable", reason=exc.message)
         return web.json_response(body, status=503)
-    body["etcd"] = {"version": status.get("version"), "revision": _revision(status)}
+    body["etcd"] = {
+        "version": status.get("version"),
+        "revision": _revision(status),
+        "endpoint": gateway.preferred_endpoint,
+    }
     if not registry.synced:
         body.update(status="unavailable", reason=f"registry: {registry.unsynced_reason}")
         return web.json_response(body, status=503)

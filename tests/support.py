@@ -75,16 +75,17 @@ class DiscoverdProcess:
         ]
         self.process: subprocess.Popen[bytes] | None = None
 
-    @property
-    def grpc_endpoint(self) -> str:
-        """`host:port` of the v3 discovery face, as etcd's `--discovery-endpoints` takes it."""
-        return f"127.0.0.1:{self.grpc_port}"
-
-    def start(self, timeout: float = 30, healthy: bool = True) -> DiscoverdProcess:
+    def launch(self) -> DiscoverdProcess:
+        """Start the process without waiting for it (several at once, then `start` each)."""
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 self.args, stdout=log, stderr=log, stdin=subprocess.DEVNULL
             )
+        return self
+
+    def start(self, timeout: float = 30, healthy: bool = True) -> DiscoverdProcess:
+        if self.process is None:
+            self.launch()
         if healthy:
             wait_until(
                 self.healthy, timeout, f"discoverd on {self.url} to be healthy ({self.log()})"
@@ -92,6 +93,11 @@ class DiscoverdProcess:
         else:
             wait_until(self.listening, timeout, f"discoverd on {self.url} to listen ({self.log()})")
         return self
+
+    @property
+    def grpc_endpoint(self) -> str:
+        """`host:port` of the v3 discovery face, as etcd's `--discovery-endpoints` takes it."""
+        return f"127.0.0.1:{self.grpc_port}"
 
     def healthy(self) -> bool:
         return self.listening() and http("GET", self.url + "/health", timeout=3)[0] == 200

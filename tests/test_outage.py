@@ -4,6 +4,8 @@ service recovers by itself when etcd returns."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 
 import pytest
@@ -90,5 +92,36 @@ async def test_etcd_stops_and_returns(aiohttp_client, tmp_path):
         assert event["node"]["key"] == f"/{token}/a2"
         listing = await (await client.get(f"/{token}")).json()
         assert [n["key"][-2:] for n in listing["node"]["nodes"]] == ["a1", "a2"]
+    finally:
+        await asyncio.to_thread(etcd.stop)
+
+
+async def test_a_frozen_etcd_stops_the_view_within_2s(aiohttp_client, tmp_path):
+    """A frozen etcd (SIGSTOP: it accepts connections and never answers) must not leave GETs
+    answering 200 from a view that no longer follows etcd: 503 within ~2 s, then recovery."""
+    etcd = EmbeddedEtcd(tmp_path / "backing", name="frozen")
+    etcd.start()
+    try:
+        assert etcd.process is not None
+        pid = etcd.process.pid
+        settings = Settings(etcd=etcd.endpoint, data_dir=tmp_path, new_rate=0)
+        client = await aiohttp_client(build_app(settings))
+        token = (await (await client.post("/new?size=3")).text()).rsplit("/", 1)[1]
+        size = f"/{token}/_config/size"
+        assert (await client.get(size)).status == 200
+        os.kill(pid, signal.SIGSTOP)
+        frozen = time.monotonic()
+        try:
+            while (response := await client.get(size)).status == 200:
+                assert time.monotonic() - frozen < 3, "the view kept serving a frozen etcd"
+                await asyncio.sleep(0.02)
+            assert response.status == 503
+            assert (await response.json())["errorCode"] == 300
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        deadline = time.monotonic() + 15
+        while (await client.get(size)).status != 200:
+            assert time.monotonic() < deadline, "discoverd did not recover after etcd thawed"
+            await asyncio.sleep(0.1)
     finally:
         await asyncio.to_thread(etcd.stop)

@@ -1,8 +1,10 @@
 """Cluster use cases beyond v2 discovery: register a member's URLs for DNS, view a cluster.
 
 The member API is what makes SRV bootstrap and client SRV records possible: v2 registrations
-carry only peer URLs. Knowing the token authorises a write, as with v2 discovery; a member may
-re-register (update) its own name, and the number of names per cluster is capped.
+carry only peer URLs. Knowing the token authorises a write, as with v2 discovery. Records are
+create-only (the same record again succeeds); a name is unique per cluster, case aside, and a
+record for a name registered through discovery must name that registration's peer URLs (it is
+`discoverd join` registering the same node). The number of names per cluster is capped.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ class ClusterService:
         )
         cluster = await self._discovery.bootstrap_cluster(token)
         known = cluster.member_names()
-        if name not in known and len(known) >= registration_cap(cluster.config.size):
+        if name.lower() not in known and len(known) >= registration_cap(cluster.config.size):
             raise Invalid(
                 f"cluster is full: {len(known)} members for size {cluster.config.size}",
                 cause=name,
@@ -74,6 +76,12 @@ class ClusterService:
         registration = await self._store.put_api_member(token, name, record, cluster.lease)
         if registration.outcome is RegisterOutcome.NO_TOKEN:
             raise NotFound("no such cluster", cause=f"/{token}")
+        if registration.outcome is RegisterOutcome.NAME_TAKEN:
+            raise Conflict(
+                f"member name {name} is already registered by {registration.holder}; a member "
+                "API record must name the same peer URLs as the member's discovery registration",
+                cause=name,
+            )
         if registration.outcome is RegisterOutcome.EXISTS:
             raise Conflict(
                 f"member {name} is registered with other URLs; members are create-only "

@@ -17,8 +17,9 @@ from urllib.parse import urlsplit
 from discoverd.errors import Invalid, TooLarge
 
 TOKEN_RE = re.compile(r"[0-9a-f]{32}")
-# etcd names its key with the member ID in lowercase hex, unpadded (types.ID.String()).
-MEMBER_ID_RE = re.compile(r"[0-9a-f]{1,16}")
+# etcd names its key with the member ID in lowercase hex, unpadded (types.ID.String()), and
+# never uses ID 0: so no leading zero, which would also let one ID register under two keys.
+MEMBER_ID_RE = re.compile(r"[1-9a-f][0-9a-f]{0,15}")
 MEMBER_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 INDEX_RE = re.compile(r"[0-9]{1,19}")  # a v2 index is a uint64
 CLUSTER_NAME_RE = re.compile(r"[a-z]([a-z0-9-]{0,29}[a-z0-9])?")
@@ -27,6 +28,10 @@ _VISIBLE_ASCII = re.compile(r"[\x21-\x7e]*")
 _LABEL = r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"{_LABEL}(\.{_LABEL})*\.?")
 
+MEMBER_ID_RULE = (
+    "a registration key is an etcd member ID: 1 to 16 lowercase hex characters, "
+    "no leading zero (etcd never uses ID 0)"
+)
 MAX_VALUE_BYTES = 4096
 MAX_PEER_URLS = 16
 
@@ -40,7 +45,7 @@ def parse_size(raw: str | None, *, default: int, maximum: int) -> int:
     """The `size` of a new token: an integer 1..maximum; `default` when absent."""
     if raw is None or raw == "":
         return default
-    text = raw.strip()
+    text = raw  # no strip(): "3\n" and " 3" are not sizes
     if not re.fullmatch(r"[0-9]{1,6}", text):  # not \d: it admits every script's digits
         raise Invalid(f"size must be a whole number from 1 to {maximum}", cause=clip(raw))
     size = int(text)
@@ -60,6 +65,13 @@ def parse_cluster_name(raw: str | None) -> str | None:
             f"(not {', '.join(sorted(RESERVED_NAMES))})",
             cause=clip(raw),
         )
+    return raw
+
+
+def parse_member_id(raw: str) -> str:
+    """A registration key: an etcd member ID as etcd writes it, returned unchanged."""
+    if not MEMBER_ID_RE.fullmatch(raw):
+        raise Invalid(MEMBER_ID_RULE, cause=clip(raw))
     return raw
 
 

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from discoverd.directory import rules
 from discoverd.directory.minting import TokenMinter
-from discoverd.errors import Conflict, Invalid, NameTaken, NotFound, Unavailable
+from discoverd.errors import Conflict, Forbidden, Invalid, NameTaken, NotFound, Unavailable
 from discoverd.models import Cluster, ClusterConfig, Member
 from discoverd.store.clusters import ClusterStore, RegisterOutcome
 from discoverd.store.registry import Registry
@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 CATCH_UP = 3.0  # how long a write waits for this replica's view to show it
 MISS_READS = 8  # concurrent etcd reads for tokens the view does not know
 MISS_WAIT = 1.0  # how long a lookup waits for one of them
+RETRY_WINDOW = 600.0  # after a registration, its identical retry still succeeds this long
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class Limits:
     default_size: int
     max_size: int
     token_ttl: float
+    retry_window: float = RETRY_WINDOW
 
 
 class Directory:
@@ -126,26 +128,69 @@ class Directory:
 
     # -- registrations ------------------------------------------------------------------------
 
-    async def register(self, token: str, member_id: str, value: str) -> Member:
+    async def register(
+        self,
+        token: str,
+        member_id: str,
+        value: str,
+        protocol: str = "v2",
+        *,
+        now: float | None = None,
+    ) -> Member:
+        """Register `member_id` with `value` through discovery `protocol` ("v2" or "v3";
+        create-only). An identical re-registration is the same member retrying an answer it
+        never got, and succeeds while the cluster is forming or within --retry-window of the
+        registration; otherwise a registration that exists is a duplicate (Conflict), as is a
+        member name that another registration holds. A token takes members of one protocol
+        only (Forbidden otherwise): v2 and v3 members can never form one etcd cluster."""
+        member_id = rules.parse_member_id(member_id)
         value = rules.parse_member_value(value)
+        now = time.time() if now is None else now
         cluster = await self.bootstrap_cluster(token)
+        existing = cluster.member(member_id)
+        if existing is not None:
+            return await self._again(cluster, existing, value, now)
         cap = registration_cap(cluster.config.size)
-        if len(cluster.members) >= cap and cluster.member(member_id) is None:
+        if len(cluster.members) >= cap:
             raise Invalid(
                 f"cluster is full: {len(cluster.members)} registrations for size "
                 f"{cluster.config.size}; use a new discovery token",
                 cause=f"/{token}/{member_id}",
             )
-        registration = await self._store.register_v2(token, member_id, value, cluster.lease)
+        if {m.protocol for m in cluster.members} - {protocol}:
+            raise Forbidden(_mixed(protocol), cause=f"/{token}/{member_id}")
+        registration = await self._store.register(
+            token, member_id, value, cluster.lease, now=now, protocol=protocol
+        )
         if registration.outcome is RegisterOutcome.NO_TOKEN:
             raise NotFound("Key not found", cause=f"/{token}")
+        if registration.outcome is RegisterOutcome.MIXED:
+            raise Forbidden(_mixed(protocol), cause=f"/{token}/{member_id}")
+        if registration.outcome is RegisterOutcome.NAME_TAKEN:
+            self._on_register("name-taken")
+            raise Conflict(
+                f"member name {rules.member_name(value)} is already registered by "
+                f"{registration.holder}; every member needs a unique --name",
+                cause=f"/{token}/{member_id}",
+            )
         if registration.outcome is RegisterOutcome.EXISTS:
-            self._on_register("duplicate")
-            raise Conflict("Key already exists", cause=f"/{token}/{member_id}")
+            assert registration.member is not None
+            return await self._again(cluster, registration.member, value, now)
         self._on_register("created")
         await self.settle(registration.revision)
         assert registration.member is not None
         return registration.member
+
+    async def _again(self, cluster: Cluster, existing: Member, value: str, now: float) -> Member:
+        """A registration of a key that exists: the member's own retry, or a duplicate."""
+        registered, size = len(cluster.members), cluster.config.size
+        window = self.limits.retry_window
+        if not is_retry(existing, value, registered=registered, size=size, now=now, window=window):
+            self._on_register("duplicate")
+            raise Conflict("Key already exists", cause=f"/{cluster.token}/{existing.member_id}")
+        self._on_register("retry")
+        await self.settle(existing.created)
+        return existing
 
     def wait(
         self, token: str, member_id: str | None, wait_index: int
@@ -169,6 +214,35 @@ class Directory:
             await asyncio.wait_for(self.registry.wait_revision(revision), CATCH_UP)
         except TimeoutError as exc:
             raise Unavailable("the registry view is not catching up with etcd") from exc
+
+
+def _mixed(protocol: str) -> str:
+    other = "v3 (--discovery-token)" if protocol == "v2" else "v2 (--discovery URL)"
+    return (
+        f"this token is already bootstrapping a cluster through {other} discovery: etcd folds "
+        "the discovery URL or token into the cluster ID, so members of one cluster must all "
+        "use the same protocol (etcd 3.6/3.7: --discovery-token; 3.4/3.5: --discovery)"
+    )
+
+
+def is_retry(
+    existing: Member, value: str, *, registered: int, size: int, now: float, window: float
+) -> bool:
+    """Whether registering `value` again under `existing`'s key is that member retrying.
+
+    etcd exits when its registration PUT fails, and systemd restarts it with the identical PUT;
+    a PUT that failed on its way back (a 503 after etcd committed it) must then succeed, or the
+    member can never bootstrap. A member that lost its data dir after the cluster formed sends
+    the same key and value, and must be refused as a duplicate, as etcd itself would. So: the
+    same value succeeds while fewer than `size` members have registered, or within `window`
+    (--retry-window) of the registration (one stored by an older version has no time).
+    """
+    if existing.value != value:
+        return False
+    if registered < size:
+        return True
+    at = existing.registered_at
+    return at is not None and now - at <= window
 
 
 def registration_cap(size: int) -> int:

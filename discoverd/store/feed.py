@@ -5,8 +5,9 @@ from the next revision and hands each watch response to the event loop whole. An
 gone, watch compacted or cancelled) marks the view stale, and the loop starts over with a full
 read, so no change is ever missed. However many clients wait, this is one etcd watch.
 
-A probe task checks etcd every second: a watch on a frozen or partitioned etcd can hang
-without an error, and a stale view must not keep serving as if it were current.
+A probe task asks etcd twice a second, each answer due within PROBE_TIMEOUT: a watch on a frozen
+or partitioned etcd can hang without an error, and a stale view must not keep serving as if it
+were current. Two failed probes in a row mark it stale: within ~2 s of etcd going silent.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from discoverd.store.registry import Event, Registry
 
 logger = logging.getLogger(__name__)
 
-PROBE_INTERVAL = 1.0
+PROBE_INTERVAL = 0.5
+PROBE_TIMEOUT = 0.75  # a probe that takes longer has failed (a frozen etcd accepts, never answers)
 PROBE_FAILURES = 2  # consecutive failed probes before the view is called stale
 STALL_PROBES = 3  # probes in a row with a change the watch did not deliver
 BACKOFF_MAX = 2.0
@@ -67,13 +69,34 @@ class RegistryFeed:
     async def probe_forever(self) -> None:
         """Mark the view stale when etcd stops answering, and restart a watch that stalled
         silently (a middlebox dropped it): etcd then holds a change under the prefix that
-        the view has not seen for several probes in a row."""
+        the view has not seen for several probes in a row.
+
+        A probe not answered within PROBE_TIMEOUT has failed; it is not sent again while the
+        one before is still waiting in the etcd thread pool (its own timeout ends it), so a
+        frozen etcd costs at most one pool thread here."""
+        pending: list[asyncio.Future[int]] = []
+        try:
+            await self._probe(pending)
+        finally:
+            for future in pending:
+                future.cancel()
+
+    async def _probe(self, pending: list[asyncio.Future[int]]) -> None:
         failures = behind = 0
         while True:
             await asyncio.sleep(PROBE_INTERVAL)
+            if not pending or pending[0].done():
+                if pending and not pending[0].cancelled():
+                    pending[0].exception()  # a late answer: retrieved, and superseded
+                pending[:] = [asyncio.ensure_future(self._gateway.newest_revision(keys.ROOT))]
+                await asyncio.wait(pending, timeout=PROBE_TIMEOUT)
+            probe = pending[0]
             try:
-                newest = await self._gateway.newest_revision(keys.ROOT)
-            except (Unavailable, EtcdRejected) as exc:
+                if not probe.done():
+                    raise TimeoutError(f"no answer within {PROBE_TIMEOUT}s")
+                pending.clear()
+                newest = probe.result()
+            except (Unavailable, EtcdRejected, TimeoutError) as exc:
                 failures += 1
                 if failures == PROBE_FAILURES:
                     self._registry.mark_unsynced(f"etcd does not answer: {exc}")

@@ -6,8 +6,15 @@ preferred endpoint first and fails over to the others on a transport error or a 
 endpoint that answers becomes the preferred one. Every attempt has a timeout, and the attempts of
 one call together stay under the 5 s that etcd's discovery client allows a request.
 
-Foreign exceptions stop here: transport failures become `errors.Unavailable`, and etcd's own
-refusals (a missing lease, a malformed request) become `EtcdRejected`.
+Against a secured etcd (see `access.py`) every session carries the TLS files, and, with an RBAC
+user, the auth token: the gateway authenticates on first use and again when etcd says the token
+is invalid (simple tokens expire after 5 idle minutes; a restarted member forgets them), then
+retries the request once.
+
+Foreign exceptions stop here: transport failures become `errors.Unavailable` whose reason names
+a TLS problem when there is one, refusals of discoverd itself (bad credentials, no permission)
+become `AccessRefused` (an `Unavailable`), and etcd's other refusals (a missing lease, a
+malformed request) become `EtcdRejected`.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import json
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -35,6 +43,15 @@ from etcd3gw.exceptions import (
 )
 
 from discoverd.errors import Unavailable
+from discoverd.store.access import (
+    AccessRefused,
+    EtcdAccess,
+    TokenAuth,
+    Verdict,
+    explain_transport,
+    judge,
+    summarise,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +61,11 @@ T = TypeVar("T")
 CALL_BUDGET = 4.0
 RANGE_PAGE = 5000
 
+PROBLEM_LOG_INTERVAL = 60.0  # the same configuration problem is logged at most this often
+
 _TRANSIENT = (ConnectionFailedError, ConnectionTimeoutError, InternalServerError)
+# requests' exceptions are OSErrors; so is a TLS file that cannot be read.
+_TRANSPORT = (*_TRANSIENT, OSError)
 
 
 class EtcdRejected(Exception):
@@ -92,16 +113,30 @@ def decode_kv(item: dict[str, Any]) -> KeyValue:
 class EtcdGateway:
     """Blocking etcd3gw calls made awaitable, with endpoint failover and bounded time."""
 
-    def __init__(self, endpoints: Sequence[str], timeout: float, workers: int = 24) -> None:
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        timeout: float,
+        workers: int = 24,
+        access: EtcdAccess | None = None,
+    ) -> None:
         if not endpoints:
             raise ValueError("at least one etcd endpoint is required")
         self.endpoints = tuple(endpoints)
+        self.access = access or EtcdAccess()
         per_attempt = max(0.5, min(timeout, CALL_BUDGET / len(self.endpoints)))
         self._timeout = (min(1.0, per_attempt), per_attempt)
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="etcd")
         self._local = threading.local()
         self._preferred = 0
+        self._auth = TokenAuth()
+        self._logged: dict[str, float] = {}
         self.on_failure: Callable[[], None] = lambda: None  # called per failed attempt
+
+    @property
+    def preferred_endpoint(self) -> str:
+        """The endpoint that answered last: the one the next call tries first."""
+        return self.endpoints[self._preferred]
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -109,7 +144,9 @@ class EtcdGateway:
     def new_client(self, index: int, timeout: Any = None) -> Etcd3Client:
         parts = urlsplit(self.endpoints[index])
         session = requests.Session()
-        session.trust_env = False  # no proxies or .netrc from the environment for etcd
+        session.trust_env = False  # no proxies, .netrc or REQUESTS_CA_BUNDLE from the environment
+        self.access.configure(session)
+        session.auth = self._auth
         return Etcd3Client(
             host=parts.hostname or "127.0.0.1",
             port=parts.port or (443 if parts.scheme == "https" else 2379),
@@ -129,23 +166,83 @@ class EtcdGateway:
 
     def call_sync(self, op: Callable[[Etcd3Client], T]) -> T:
         """Run `op` against the preferred endpoint, failing over to the others."""
-        failures: list[str] = []
+        failures: list[tuple[str, str]] = []
         start = self._preferred
         for step in range(len(self.endpoints)):
             index = (start + step) % len(self.endpoints)
+            endpoint = self.endpoints[index]
             try:
-                result = op(self._client(index))
-            except (*_TRANSIENT, requests.RequestException) as exc:
-                failures.append(f"{self.endpoints[index]}: {type(exc).__name__}")
-            except Etcd3Exception as exc:
-                raise EtcdRejected(_detail(exc)) from exc
+                result = self._attempt(self._client(index), op)
+            except AccessRefused as exc:
+                self._log_problem(exc.message)
+                raise
+            except _TRANSPORT as exc:
+                failures.append((endpoint, explain_transport(exc, self.access, _scheme(endpoint))))
             except ValueError:  # a 200 with a body that is not JSON
-                failures.append(f"{self.endpoints[index]}: malformed response")
+                failures.append((endpoint, "malformed response"))
             else:
                 self._preferred = index
                 return result
             self.on_failure()
-        raise Unavailable("backing etcd is unavailable (" + "; ".join(failures) + ")")
+        reason = summarise(failures)
+        if any(why.startswith("TLS:") for _, why in failures):
+            self._log_problem(reason)
+        raise Unavailable(reason)
+
+    def _attempt(self, client: Etcd3Client, op: Callable[[Etcd3Client], T]) -> T:
+        """`op` on one endpoint, authenticated; once more with a new token if etcd says so."""
+        for last in (False, True):
+            used = self._token(client)
+            try:
+                return op(client)
+            except _TRANSIENT:
+                raise
+            except Etcd3Exception as exc:
+                verdict, reason = judge(_detail(exc), self.access)
+                if verdict is Verdict.REAUTHENTICATE and self.access.user and not last:
+                    self._auth.invalidate(used)
+                    continue
+                if verdict is Verdict.REJECTED:
+                    raise EtcdRejected(reason) from exc
+                raise AccessRefused(reason) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _token(self, client: Etcd3Client) -> str | None:
+        """The auth token to send (authenticating on this endpoint first if there is none)."""
+        if not self.access.user:
+            return None
+        token = self._auth.token
+        if token is not None:
+            return token
+        with self._auth.lock:
+            if self._auth.token is None:
+                self._auth.token = self._authenticate(client)
+            return self._auth.token
+
+    def _authenticate(self, client: Etcd3Client) -> str:
+        payload = {"name": self.access.user, "password": self.access.password or ""}
+        try:
+            reply = client.post(client.get_url("/auth/authenticate"), json=payload)
+        except _TRANSIENT:
+            raise
+        except Etcd3Exception as exc:
+            detail = _detail(exc)
+            if "authentication is not enabled" in detail:
+                logger.warning("backing etcd has auth disabled: --etcd-user is not used")
+                return ""
+            verdict, reason = judge(detail, self.access)
+            raise AccessRefused(reason if verdict is Verdict.REFUSED else detail) from exc
+        logger.info("authenticated to the backing etcd as %r", self.access.user)
+        return str(reply["token"])
+
+    def _log_problem(self, problem: str) -> None:
+        """Log a configuration problem when first seen, then at most once a minute."""
+        now = time.monotonic()
+        if now - self._logged.get(problem, -PROBLEM_LOG_INTERVAL) >= PROBLEM_LOG_INTERVAL:
+            if len(self._logged) > 64:  # the problems of a configuration are few; stay bounded
+                self._logged.clear()
+            self._logged[problem] = now
+            logger.error("%s", problem)
 
     async def call(self, op: Callable[[Etcd3Client], T]) -> T:
         loop = asyncio.get_running_loop()
@@ -216,9 +313,10 @@ class EtcdGateway:
 
     def open_watch(self, prefix: str, start_revision: int) -> WatchStream:
         """A streaming watch of `prefix` from `start_revision`, on the preferred endpoint."""
-        failures: list[str] = []
+        failures: list[tuple[str, str]] = []
         for step in range(len(self.endpoints)):
             index = (self._preferred + step) % len(self.endpoints)
+            endpoint = self.endpoints[index]
             client = self.new_client(index, timeout=(self._timeout[0], None))
             request = {
                 "create_request": {
@@ -229,24 +327,49 @@ class EtcdGateway:
                 }
             }
             try:
+                used = self._token(self._client(index))  # bounded, unlike the watch's
                 response = client.session.post(
                     client.get_url("/watch"), json=request, stream=True, timeout=client.timeout
                 )
-                response.raise_for_status()
-            except requests.RequestException as exc:
+            except _TRANSPORT as exc:
                 client.session.close()
-                failures.append(f"{self.endpoints[index]}: {type(exc).__name__}")
+                failures.append((endpoint, explain_transport(exc, self.access, _scheme(endpoint))))
                 continue
-            return WatchStream(client, response)
-        raise Unavailable("cannot open an etcd watch (" + "; ".join(failures) + ")")
+            except AccessRefused:
+                client.session.close()
+                raise
+            if response.status_code != requests.codes.ok:
+                detail = response.text[:500]
+                client.session.close()
+                verdict, reason = judge(_detail_text(detail), self.access)
+                if verdict is Verdict.REFUSED:
+                    raise AccessRefused(reason)
+                failures.append((endpoint, f"HTTP {response.status_code}"))
+                continue
+            return WatchStream(client, response, on_denied=self._forget(used))
+        raise Unavailable(summarise(failures, "cannot open an etcd watch"))
+
+    def _forget(self, used: str | None) -> Callable[[], None]:
+        return lambda: self._auth.invalidate(used)
 
 
 class WatchStream:
-    """The newline-delimited JSON responses of one etcd watch; `close()` ends it from any thread."""
+    """The newline-delimited JSON responses of one etcd watch; `close()` ends it from any thread.
 
-    def __init__(self, client: Etcd3Client, response: requests.Response) -> None:
+    etcd refuses a watch by cancelling it at once with `permission denied`, which it also
+    answers for an expired token: `on_denied` drops the token, so the next attempt takes a new
+    one, and a real lack of permission is then reported by the full read that precedes it.
+    """
+
+    def __init__(
+        self,
+        client: Etcd3Client,
+        response: requests.Response,
+        on_denied: Callable[[], None] = lambda: None,
+    ) -> None:
         self._client = client
         self._response = response
+        self._on_denied = on_denied
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         try:
@@ -255,7 +378,12 @@ class WatchStream:
                     message = json.loads(line)
                     if "error" in message:
                         raise EtcdRejected(str(message["error"]))
-                    yield message.get("result", {})
+                    result: dict[str, Any] = message.get("result", {})
+                    reason = str(result.get("cancel_reason", ""))
+                    if result.get("canceled") and "permission denied" in reason:
+                        self._on_denied()
+                        raise Unavailable(f"backing etcd refused the watch: {reason}")
+                    yield result
         except (requests.RequestException, AttributeError, ValueError) as exc:
             raise Unavailable(f"etcd watch stream broke: {type(exc).__name__}") from exc
 
@@ -271,8 +399,17 @@ class WatchStream:
 
 
 def _detail(exc: Etcd3Exception) -> str:
-    text = exc.detail_text or ""
+    return _detail_text(exc.detail_text or "") or type(exc).__name__
+
+
+def _detail_text(text: str) -> str:
+    """etcd's error message out of a grpc-gateway error body (JSON, or plain text)."""
     try:
-        return str(json.loads(text).get("error") or json.loads(text).get("message") or text)
+        body = json.loads(text)
+        return str(body.get("error") or body.get("message") or text)
     except (ValueError, AttributeError):
-        return text or type(exc).__name__
+        return text
+
+
+def _scheme(endpoint: str) -> str:
+    return urlsplit(endpoint).scheme

@@ -3,7 +3,12 @@
 Everything discoverd stores lives under one root, one directory per cluster token:
 
     /discoverd/v1/clusters/<token>/config       ClusterConfig JSON; holds the token's lease
-    /discoverd/v1/clusters/<token>/v2/<id>      a v2 discovery registration: "name=peerURL,..."
+    /discoverd/v1/clusters/<token>/v2/<id>      a v2 discovery registration:
+                                                {"value": "name=peerURL,...", "at": unix time}
+                                                (plain "name=peerURL,..." from older versions)
+    /discoverd/v1/clusters/<token>/v3/<id>      a v3 discovery registration, the same JSON
+    /discoverd/v1/clusters/<token>/names/<n>    NameClaim JSON: who holds member name <n>
+                                                (lower-cased), created in the registration's txn
     /discoverd/v1/clusters/<token>/members/<n>  a member API record: MemberRecord JSON
     /discoverd/v1/clusters/<token>/ca           CaRecord JSON: the CA certificate, its sealed key
     /discoverd/v1/clusters/<token>/certs/<sn>   CertRecord JSON of an issued certificate
@@ -15,7 +20,9 @@ For example, a 3-member token 3e86b59982e49066c5d813af1c2e2579 with one register
 
     /discoverd/v1/clusters/3e86b59982e49066c5d813af1c2e2579/config      {"size": 3, ...}
     /discoverd/v1/clusters/3e86b59982e49066c5d813af1c2e2579/v2/8e9e05c52164694d
-                                                       infra0=http://10.0.1.10:2380
+                                   {"value": "infra0=http://10.0.1.10:2380", "at": 1700000000.0}
+    /discoverd/v1/clusters/3e86b59982e49066c5d813af1c2e2579/names/infra0
+                    {"peer_urls": ["http://10.0.1.10:2380"], "member_id": "8e9e05c52164694d"}
 
 Every key of a token is attached to the token's lease, so the token expires as a whole.
 """
@@ -33,8 +40,10 @@ NAMES = ROOT + "names/"
 class KeyKind(Enum):
     CONFIG = "config"
     V2_MEMBER = "v2"
+    V3_MEMBER = "v3"
     API_MEMBER = "members"
     NAME = "name"
+    MEMBER_NAME = "names"
     CA = "ca"
     CERT = "certs"
     ENROLLED = "enrolled"
@@ -63,9 +72,30 @@ def v2_member(token: str, member_id: str) -> str:
     return f"{CLUSTERS}{token}/v2/{member_id}"
 
 
+def v3_member(token: str, member_id: str) -> str:
+    """`/discoverd/v1/clusters/<token>/v3/<id>`"""
+    return f"{CLUSTERS}{token}/v3/{member_id}"
+
+
+def discovery_member(token: str, member_id: str, protocol: str) -> str:
+    """The registration key of `member_id` through discovery `protocol` ("v2" or "v3")."""
+    return v3_member(token, member_id) if protocol == "v3" else v2_member(token, member_id)
+
+
+def discovery_members(token: str, protocol: str) -> str:
+    """`/discoverd/v1/clusters/<token>/<protocol>/`: every registration through one protocol."""
+    return f"{CLUSTERS}{token}/{protocol}/"
+
+
 def api_member(token: str, name: str) -> str:
     """`/discoverd/v1/clusters/<token>/members/<name>`"""
     return f"{CLUSTERS}{token}/members/{name}"
+
+
+def member_name(token: str, name: str) -> str:
+    """`/discoverd/v1/clusters/<token>/names/<name>`, the name lower-cased: the claim that makes
+    member names unique per cluster across discovery and the member API."""
+    return f"{CLUSTERS}{token}/names/{name.lower()}"
 
 
 def cluster_ca(token: str) -> str:
@@ -100,7 +130,9 @@ def cluster_name(name: str) -> str:
 
 _CHILDREN = {
     "v2": KeyKind.V2_MEMBER,
+    "v3": KeyKind.V3_MEMBER,
     "members": KeyKind.API_MEMBER,
+    "names": KeyKind.MEMBER_NAME,
     "certs": KeyKind.CERT,
     "roster": KeyKind.ROSTER,
 }

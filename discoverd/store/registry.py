@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import json
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -37,7 +38,12 @@ logger = logging.getLogger(__name__)
 
 ChangeListener = Callable[[frozenset[str]], None]
 # Checked in etcd transactions only, never read from the view.
-_IGNORED = (keys.KeyKind.NAME, keys.KeyKind.ENROLLED, keys.KeyKind.ROSTER)
+_IGNORED = (
+    keys.KeyKind.NAME,
+    keys.KeyKind.MEMBER_NAME,
+    keys.KeyKind.ENROLLED,
+    keys.KeyKind.ROSTER,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,8 +261,8 @@ def _cluster_from(token: str, kv: KeyValue) -> Cluster | None:
 
 def _with_child(cluster: Cluster, parsed: keys.ParsedKey, kv: KeyValue) -> Cluster:
     kind = parsed.kind
-    if kind is keys.KeyKind.V2_MEMBER:
-        return cluster.with_member(_member_from(parsed.name, kv))
+    if kind in (keys.KeyKind.V2_MEMBER, keys.KeyKind.V3_MEMBER):
+        return cluster.with_member(member_from(parsed.name, kv, kind.value))
     try:
         if kind is keys.KeyKind.API_MEMBER:
             record = MemberRecord.model_validate_json(kv.value)
@@ -271,7 +277,7 @@ def _with_child(cluster: Cluster, parsed: keys.ParsedKey, kv: KeyValue) -> Clust
 
 
 def _without_child(cluster: Cluster, parsed: keys.ParsedKey) -> Cluster:
-    if parsed.kind is keys.KeyKind.V2_MEMBER:
+    if parsed.kind in (keys.KeyKind.V2_MEMBER, keys.KeyKind.V3_MEMBER):
         return cluster.without_member(parsed.name)
     if parsed.kind is keys.KeyKind.API_MEMBER:
         return cluster.without_api_member(parsed.name)
@@ -282,7 +288,19 @@ def _without_child(cluster: Cluster, parsed: keys.ParsedKey) -> Cluster:
     return cluster
 
 
-def _member_from(member_id: str, kv: KeyValue) -> Member:
-    return Member(
-        member_id=member_id, value=kv.value.decode(errors="replace"), created=kv.create_revision
-    )
+def member_from(member_id: str, kv: KeyValue, protocol: str = "v2") -> Member:
+    """A stored discovery registration: `{"value": ..., "at": unix time}`, or the plain
+    `name=peerURL,...` text that older versions stored (no registration time)."""
+    text = kv.value.decode(errors="replace")
+    at: float | None = None
+    if text.startswith("{"):
+        try:
+            stored = json.loads(text)
+            value, raw_at = stored["value"], stored.get("at")
+            if not isinstance(value, str):
+                raise TypeError("value is not a string")
+            text = value
+            at = float(raw_at) if isinstance(raw_at, int | float) else None
+        except (ValueError, TypeError, KeyError):
+            logger.error("unreadable registration %s (revision %d)", member_id, kv.mod_revision)
+    return Member(member_id, text, kv.create_revision, registered_at=at, protocol=protocol)

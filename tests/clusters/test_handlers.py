@@ -182,3 +182,53 @@ async def test_an_unpublishable_member_never_stops_dns(client):
         dns.message.make_query(f"ok.{token_b}.etcd.internal", "A").to_wire(), tcp=False
     )
     assert dns.message.from_wire(reply).answer
+
+
+PEER = "http://10.0.1.10:2380"
+
+
+async def put_api(client, token, name, peer):
+    body = {"peer_urls": [peer], "client_urls": ["http://10.0.1.10:2379"]}
+    return await client.put(f"/api/v1/clusters/{token}/members/{name}", json=body)
+
+
+async def put_v2(client, token, value, member_id="8e9e05c52164694d"):
+    return await client.put(f"/{token}/{member_id}", data=f"value={value}", headers=FORM)
+
+
+@pytest.mark.parametrize("api_first", [True, False])
+@pytest.mark.parametrize(
+    ("name", "peer", "api_status", "v2_status"),
+    [
+        # `discoverd join` registers the node, and the etcd it set up registers itself.
+        ("infra0", PEER, 200, 201),
+        ("INFRA0", PEER, 200, 201),  # the same name, case aside
+        ("infra0", "http://6.6.6.6:2380", 409, 412),  # another node under infra0's name
+    ],
+)
+async def test_member_api_and_discovery_share_member_names(
+    client, api_first, name, peer, api_status, v2_status
+):
+    token = await new_token(client)
+    if api_first:
+        assert (await put_api(client, token, "infra0", PEER)).status == 200
+        second = await put_v2(client, token, f"{name}={peer}")
+        assert second.status == v2_status, await second.text()
+    else:
+        assert (await put_v2(client, token, f"infra0={PEER}")).status == 201
+        second = await put_api(client, token, name, peer)
+        assert second.status == api_status, await second.text()
+    if second.status >= 400:
+        assert "already registered" in (await second.json())["message"]
+    view = await (await client.get(f"/api/v1/clusters/{token}")).json()
+    assert {url for member in view["members"] for url in member["peer_urls"]} == {PEER}
+
+
+async def test_member_api_names_are_unique_case_aside(client):
+    token = await new_token(client)
+    assert (await put_api(client, token, "infra0", PEER)).status == 200
+    other_case = await put_api(client, token, "INFRA0", PEER)
+    assert other_case.status == 409
+    assert "member API record infra0" in (await other_case.json())["message"]
+    view = await (await client.get(f"/api/v1/clusters/{token}")).json()
+    assert [member["name"] for member in view["members"]] == ["infra0"]

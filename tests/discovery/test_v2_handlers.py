@@ -126,6 +126,22 @@ async def test_duplicate_registration_is_412_105_and_keeps_the_first(client):
     assert kept["node"]["value"] == "n1=http://10.0.0.1:2380"
 
 
+async def test_a_member_retrying_its_own_registration_succeeds(client):
+    """etcd exits when its registration PUT fails (a 503 from a paused etcd that still committed
+    it), and systemd restarts it with the identical PUT: that must succeed, or the member can
+    never bootstrap. The answer is the registration that exists."""
+    token = await new_token(client, 3)
+    first = await register(client, token, "8e9e05c52164694d", "infra0=http://10.0.1.10:2380")
+    assert first.status == 201
+    retry = await register(client, token, "8e9e05c52164694d", "infra0=http://10.0.1.10:2380")
+    assert retry.status == 201, await retry.text()
+    assert (await retry.json())["node"] == (await first.json())["node"]
+    listing = await (await client.get(f"/{token}")).json()
+    assert [node["value"] for node in listing["node"]["nodes"]] == [
+        "infra0=http://10.0.1.10:2380"  # what clients see is the plain value, once
+    ]
+
+
 async def test_registrations_are_capped(client):
     token = await new_token(client, 1)
     for i in range(3):
@@ -183,6 +199,18 @@ BAD_TOKEN = "0123456789abcdef0123456789abcdef"
         ("GET", "/{token}?wait=true&waitIndex=abc", None, 400, 209, "waitIndex"),
         ("GET", "/{token}?wait=true&waitIndex=-5", None, 400, 209, "waitIndex"),
         ("GET", "/{token}/abc", None, 404, 100, "Key not found"),
+        ("GET", "/new?size=3%0a", None, 400, 209, "size must be"),
+        ("GET", "/new?size=%203", None, 400, 209, "size must be"),
+        ("POST", "/new", "size=3%0A", 400, 209, "size must be"),
+        ("PUT", "/{token}/0", "value=a=http://10.0.0.1:2380", 400, 209, "never uses ID 0"),
+        ("PUT", "/{token}/00ab", "value=a=http://10.0.0.1:2380", 400, 209, "no leading zero"),
+        ("PUT", "/{token}/abc", b"value=a=http://10.0.0.1:2380\xff", 400, 209, "UTF-8"),
+        ("PUT", "/{token}/abc", b"value=\xc3\x28=http://10.0.0.1:2380", 400, 209, "UTF-8"),
+        ("POST", "/new", b"size=3&name=\xff", 400, 209, "UTF-8"),
+        ("DELETE", "/api/v1/clusters/{token}", None, 405, 102, "Method Not Allowed"),
+        ("POST", "/api/v1/clusters/{token}/members/infra0", "x", 405, 102, "Method Not Allowed"),
+        ("GET", "/api/v1/clusters/{token}/members/infra0", None, 405, 102, "Method Not Allowed"),
+        ("GET", "/api/v1/nosuchroute", None, 404, 100, "no such API route"),
     ],
 )
 async def test_bad_input_gets_its_4xx_and_the_service_stays_healthy(
@@ -204,6 +232,34 @@ async def test_bad_input_gets_its_4xx_and_the_service_stays_healthy(
     assert "nodes" not in listing["node"]
 
 
+async def test_a_405_under_the_api_names_the_methods_it_takes(client):
+    token = await new_token(client)
+    response = await client.delete(f"/api/v1/clusters/{token}/members/infra0")
+    assert response.status == 405
+    assert response.headers["Allow"] == "PUT"
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        # Go's FormValue, which etcd's servers use, takes the first value, body before query.
+        ("/{token}/abc", "value=a=http://10.0.0.1:2380&value=b=http://10.0.0.2:2380"),
+        ("/{token}/abc?value=b=http://10.0.0.2:2380", "value=a=http://10.0.0.1:2380"),
+    ],
+)
+async def test_the_first_value_is_taken(client, path, body):
+    token = await new_token(client)
+    response = await client.put(path.replace("{token}", token), data=body, headers=FORM)
+    assert response.status == 201, await response.text()
+    assert (await response.json())["node"]["value"] == "a=http://10.0.0.1:2380"
+
+
+async def test_the_first_size_is_taken(client):
+    response = await client.post("/new?size=5", data="size=7&size=9", headers=FORM)
+    token = (await response.text()).rsplit("/", 1)[1]
+    assert (await (await client.get(f"/{token}/_config/size")).json())["node"]["value"] == "7"
+
+
 async def test_a_refused_request_echoes_little_of_its_input(client):
     response = await client.get("/new?size=" + "9" * 3000)
     assert response.status == 400
@@ -218,7 +274,7 @@ async def test_health_and_metrics(client):
     assert body["etcd"]["version"].startswith("3.")
     token = await new_token(client)
     await register(client, token, "1", "m=http://10.0.0.1:2380")
-    await register(client, token, "1", "m=http://10.0.0.1:2380")
+    await register(client, token, "1", "m=http://10.0.0.9:2380")
     text = await (await client.get("/metrics")).text()
     assert "discoverd_tokens_created_total 1.0" in text
     assert 'discoverd_registrations_total{result="created"} 1.0' in text
@@ -256,6 +312,46 @@ async def test_new_limits_each_client_behind_a_trusted_proxy(aiohttp_client, set
     assert (await client.post("/new", headers=one)).status == 200
     assert (await client.post("/new", headers=one)).status == 429
     assert (await client.post("/new", headers=two)).status == 200  # another client, its own bucket
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "infra0=http://6.6.6.6:2380",  # another id taking over infra0's DNS records
+        "INFRA0=http://10.0.1.10:2380",  # names are compared lower-cased
+        "Infra0=http://6.6.6.6:2380",
+    ],
+)
+async def test_a_member_name_is_unique_per_cluster(client, value):
+    token = await new_token(client, 3)
+    first = await register(client, token, "8e9e05c52164694d", "infra0=http://10.0.1.10:2380")
+    assert first.status == 201
+    taken = await register(client, token, "1", value)
+    assert taken.status == 412
+    error = await taken.json()
+    assert error["errorCode"] == 105
+    assert "member name" in error["message"] and "8e9e05c52164694d" in error["message"]
+    listing = await (await client.get(f"/{token}")).json()
+    assert [node["key"] for node in listing["node"]["nodes"]] == [f"/{token}/8e9e05c52164694d"]
+    records = await (await client.get(f"/api/v1/clusters/{token}")).json()
+    assert [(m["name"], m["peer_urls"]) for m in records["members"]] == [
+        ("infra0", ["http://10.0.1.10:2380"])
+    ]
+
+
+async def test_replicas_racing_for_one_name_cannot_both_win(aiohttp_client, settings):
+    from discoverd.app import build_app
+
+    replicas = [await aiohttp_client(build_app(settings)) for _ in range(2)]
+    token = await new_token(replicas[0], 3)
+    assert (await replicas[1].get(f"/{token}/_config/size")).status == 200
+    answers = await asyncio.gather(
+        *(
+            register(replicas[i % 2], token, f"{i + 1:x}", f"infra0=http://10.0.1.{i}:2380")
+            for i in range(6)
+        )
+    )
+    assert sorted(answer.status for answer in answers) == [201] + [412] * 5
 
 
 async def test_unknown_token_lookups_are_bounded(client):

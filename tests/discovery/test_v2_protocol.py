@@ -24,14 +24,19 @@ def test_new_token_is_32_lowercase_hex_and_unique():
 
 @pytest.mark.parametrize(
     ("raw", "expected"),
-    [(None, 3), ("", 3), ("1", 1), ("5", 5), ("99", 99), (" 7 ", 7)],
+    [(None, 3), ("", 3), ("1", 1), ("5", 5), ("99", 99)],
 )
 def test_parse_size_accepts(raw, expected):
     assert rules.parse_size(raw, default=3, maximum=99) == expected
 
 
 @pytest.mark.parametrize(
-    "raw", ["0", "-1", "100", "1000000000000", "3.0", "three", "0x3", "1e2", "+3", "3 3", "٣"]
+    "raw",
+    # The last five: Python's strip() would turn them into sizes; Go's ParseInt refuses them.
+    [
+        *["0", "-1", "100", "1000000000000", "3.0", "three", "0x3", "1e2", "+3", "3 3", "٣"],
+        *[" 7 ", "3\n", " 3", "3\t", "\n"],
+    ],
 )
 def test_parse_size_refuses(raw):
     with pytest.raises(Invalid, match="size must be a whole number from 1 to 99"):
@@ -66,6 +71,9 @@ def test_parse_token_path(rest, target, member_id):
         (TOKEN, "/8E9E05C52164694D"),
         (TOKEN, "/8e9e05c52164694d0"),  # 17 hex digits: no uint64
         (TOKEN, "/zz"),
+        (TOKEN, "/0"),  # etcd never uses member ID 0
+        (TOKEN, "/000"),
+        (TOKEN, "/0abc"),  # etcd writes IDs unpadded: "abc" and "0abc" would be one member
         (TOKEN, "/a/b"),
     ],
 )

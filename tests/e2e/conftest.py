@@ -31,13 +31,13 @@ from typing import TYPE_CHECKING
 import pytest
 
 from discoverd.store.embedded import etcd_binary, free_port
+from tests import binaries
 from tests.support import DiscoverdProcess, http, wait_until
 
 if TYPE_CHECKING:
     from tests.e2e.v3support import DiscoveryService, ReferenceDiscovery
 
 DEBIAN_ETCD = Path("/usr/bin/etcd")
-DEFAULT_ETCD_CACHE = Path.home() / ".cache" / "discoverd-etcd"  # tests/tools/build_etcd.sh's
 DEBIAN_ETCDCTL = Path("/usr/bin/etcdctl")
 MEMBER_READY_TIMEOUT = 30.0  # a bootstrap with every member up at once
 STOP_TIMEOUT = 10.0
@@ -92,29 +92,27 @@ def debian_etcd() -> EtcdBinary:
 
 def etcd_cache() -> Path:
     """Where tests/tools/build_etcd.sh puts the etcd versions it builds (`make etcd-test`)."""
-    return Path(os.environ.get("DISCOVERD_ETCD_CACHE") or DEFAULT_ETCD_CACHE)
+    return binaries.ETCD_CACHE
 
 
 def built_etcd(version: str) -> EtcdBinary:
-    """A stock etcd built from etcd's Go modules by tests/tools/build_etcd.sh; skips the test,
-    loudly, when it was not built (no Go toolchain when `make test` ran)."""
-    directory = etcd_cache() / version
-    etcd, etcdctl = directory / "etcd", directory / "etcdctl"
-    if not (os.access(etcd, os.X_OK) and os.access(etcdctl, os.X_OK)):
-        pytest.skip(
-            f"SKIPPED LOUDLY: no etcd {version} in {directory}, so v3 discovery with the stock "
-            f"etcd {version} is NOT tested. `make test` builds it when Go >= 1.26 is on PATH "
-            f"(or run `tests/tools/build_etcd.sh {version}`; DISCOVERD_ETCD_CACHE moves the cache)."
-        )
-    return EtcdBinary(f"etcd-{version}", etcd, etcdctl)
+    """A stock etcd ("3.6" or "3.7") built from etcd's Go modules by tests/tools/build_etcd.sh,
+    with its etcdctl; skips the test, loudly, when it was not built (no Go when `make test`
+    ran): tests.binaries.stock_etcd."""
+    etcd = binaries.stock_etcd(version)
+    etcdctl = etcd.parent / "etcdctl"
+    if not os.access(etcdctl, os.X_OK):
+        pytest.skip(f"SKIPPED LOUDLY: {etcdctl} is missing, so this is NOT tested; `make test` "
+                    f"builds it with Go: tests/tools/build_etcd.sh {binaries.BUILT[version]}")  # fmt: skip
+    return EtcdBinary(f"etcd-{binaries.BUILT[version]}", etcd, etcdctl)
 
 
 def etcd_3_6() -> EtcdBinary:
-    return built_etcd("3.6.14")
+    return built_etcd("3.6")
 
 
 def etcd_3_7() -> EtcdBinary:
-    return built_etcd("3.7.1")
+    return built_etcd("3.7")
 
 
 # Members that bootstrap with v2 discovery (`--discovery <url>`).

@@ -44,7 +44,7 @@ from typing import Any
 
 import yaml
 
-from discoverd.store.embedded import EmbeddedEtcd, _die_with_parent
+from discoverd.store.embedded import EmbeddedEtcd, _die_with_parent, etcd_binary
 from tests.support import DiscoverdProcess, wait_until
 
 BRIDGE, BRIDGE_IP = "br0", "10.77.0.1"
@@ -435,8 +435,8 @@ def main(
         return {"ok": False, "refused": str(exc)}
 
     etcdctl = etcd.parent / "etcdctl"
-    if not etcdctl.is_file():
-        etcdctl = Path("/usr/bin/etcdctl")
+    if not etcdctl.is_file():  # Debian's etcd-server has no etcdctl; a 3.5 client speaks to 3.4
+        etcdctl = etcd_binary().parent / "etcdctl"
     backing = EmbeddedEtcd(workdir / "backing", name="backing")
     server = DiscoverdProcess(workdir, (), port=8087)
     server.args[server.args.index("--listen") + 1] = f"{BRIDGE_IP}:8087"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from discoverd.store.embedded import etcd_binary
+from tests.binaries import stock_etcd
 
 pytestmark = pytest.mark.e2e
 
@@ -29,13 +29,14 @@ def namespaces_work() -> str | None:
     return None
 
 
+@pytest.mark.parametrize("version", ["3.5", "3.7"])
 @pytest.mark.parametrize("srv_name", [None, "prod"], ids=["plain", "discovery-srv-name"])
-def test_srv_bootstrap_in_a_network_namespace(tmp_path, srv_name):
+def test_srv_bootstrap_in_a_network_namespace(tmp_path, srv_name, version):
     refused = namespaces_work()
     if refused:
         pytest.skip(f"LOUD: SRV bootstrap e2e not run: {refused}")
     command = ["unshare", "--mount", "--net", sys.executable, "-m", "tests.e2e.dns_srv_driver",
-               str(tmp_path), str(etcd_binary())] + ([srv_name] if srv_name else [])  # fmt: skip
+               str(tmp_path), str(stock_etcd(version))] + ([srv_name] if srv_name else [])  # fmt: skip
     run = subprocess.run(
         command, cwd=REPO, capture_output=True, text=True, timeout=240, check=False
     )

@@ -9,7 +9,7 @@ import pytest
 from discoverd.models import ClusterConfig
 from discoverd.store import keys
 from discoverd.store.gateway import KeyValue
-from discoverd.store.registry import Event, Registry
+from discoverd.store.registry import Event, Registry, member_from
 
 TOKEN = "3e86b59982e49066c5d813af1c2e2579"
 OTHER = "0" * 32
@@ -173,3 +173,32 @@ async def test_dropping_many_waiters_never_compares_them_field_by_field(monkeypa
         future.cancel()
     await asyncio.sleep(0)
     assert registry.waiting == 0
+
+
+@pytest.mark.parametrize(
+    ("stored", "value", "at"),
+    [
+        (
+            b'{"value":"m=http://10.0.0.1:2380","at":1700000000.5}',
+            "m=http://10.0.0.1:2380",
+            1.7e9 + 0.5,
+        ),
+        (b'{"value":"m=http://10.0.0.1:2380"}', "m=http://10.0.0.1:2380", None),
+        (b"m=http://10.0.0.1:2380", "m=http://10.0.0.1:2380", None),  # an older version's
+        (b'{"value": 5}', '{"value": 5}', None),  # unreadable: shown as stored, no time
+        (b"{not json", "{not json", None),
+    ],
+)
+def test_a_registration_is_read_in_either_format(stored, value, at):
+    member = member_from("a", KeyValue(keys.v2_member(TOKEN, "a"), stored, 4, 4, 7))
+    assert (member.member_id, member.value, member.created) == ("a", value, 4)
+    assert member.registered_at == at
+
+
+def test_member_name_claims_are_not_part_of_the_view():
+    registry = Registry()
+    claim = KeyValue(keys.member_name(TOKEN, "Infra0"), b'{"peer_urls": []}', 3, 3, 7)
+    registry.reset([config_kv(TOKEN, 2), claim], revision=3)
+    assert keys.member_name(TOKEN, "Infra0").endswith("/names/infra0")
+    cluster = registry.cluster(TOKEN)
+    assert cluster is not None and cluster.members == () and cluster.api_members == ()

@@ -45,10 +45,7 @@ async def new_token(request: web.Request) -> web.Response:
     except RateLimited:
         app[appkeys.METRICS].rate_limited.inc()
         raise
-    params = MultiDict(request.query)
-    if request.method == "POST" and request.content_type in _FORM_TYPES:
-        form = await request.post()
-        params.extend((k, v) for k, v in form.items() if isinstance(v, str))
+    params = await _params(request)
     service = app[appkeys.DIRECTORY]
     size = rules.parse_size(
         params.get("size"), default=service.limits.default_size, maximum=service.limits.max_size
@@ -67,6 +64,9 @@ async def new_token(request: web.Request) -> web.Response:
 
 
 async def token_route(request: web.Request) -> web.StreamResponse:
+    first = request.match_info["token"]
+    if first == "api":  # /api/... is never a token: the JSON API's
+        raise await _api_refusal(request)
     path = protocol.parse_token_path(
         request.match_info["token"], request.match_info.get("rest", "")
     )
@@ -152,10 +152,7 @@ async def _wait(request: web.Request, path: TokenPath) -> web.StreamResponse:
 async def _put(request: web.Request, path: TokenPath) -> web.Response:
     if path.target is not Target.MEMBER:
         raise Forbidden(f"{path.key} is read-only", cause=path.key)
-    params: dict[str, str] = dict(request.query)
-    if request.content_type in _FORM_TYPES:
-        form = await request.post()
-        params.update({k: v for k, v in form.items() if isinstance(v, str)})
+    params = await _params(request)
     if params.get("prevExist", "false") != "false":
         raise Forbidden("registrations are create-only (prevExist=false)", cause=path.key)
     for name in _UNSUPPORTED_WRITE_PARAMS:
@@ -184,6 +181,35 @@ def _respond(request: web.Request, body: bytes, status: int = 200) -> web.Respon
 
 
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+async def _params(request: web.Request) -> MultiDict[str]:
+    """Form fields of the body, then of the query; `get` takes the first, as Go's FormValue
+    (which etcd's own servers use) does."""
+    params: MultiDict[str] = MultiDict()
+    if request.method in ("POST", "PUT") and request.content_type in _FORM_TYPES:
+        try:
+            form = await request.post()
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise Invalid("the form body must be UTF-8 (percent-encode other bytes)") from exc
+        params.extend((k, v) for k, v in form.items() if isinstance(v, str))
+    params.extend(request.query.items())
+    return params
+
+
+async def _api_refusal(request: web.Request) -> web.HTTPException:
+    """A request under /api/ that no JSON API route took: 405 with the methods the path does
+    take, or 404."""
+    allowed: set[str] = set()
+    for resource in request.app.router.resources():
+        if resource.name in ("token", "token-key"):
+            continue
+        match, methods = await resource.resolve(request)
+        if match is None:
+            allowed |= methods
+    if allowed:
+        return web.HTTPMethodNotAllowed(request.method, sorted(allowed))
+    return web.HTTPNotFound(reason="no such API route")
 
 
 def _listed(values: list[str]) -> tuple[str, ...]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from discoverd.directory.rules import MEMBER_ID_RE, TOKEN_RE, clip
+from discoverd.directory.rules import MEMBER_ID_RE, MEMBER_ID_RULE, TOKEN_RE, clip
 from discoverd.errors import Invalid
 from discoverd.models import Cluster, Member
 
@@ -67,10 +67,7 @@ def parse_token_path(token: str, rest: str) -> TokenPath:
         return TokenPath(token, Target.SIZE)
     if len(parts) == 1 and MEMBER_ID_RE.fullmatch(parts[0]):
         return TokenPath(token, Target.MEMBER, parts[0])
-    raise Invalid(
-        "a registration key is an etcd member ID: 1 to 16 lowercase hex characters",
-        cause=clip("/".join(parts)),
-    )
+    raise Invalid(MEMBER_ID_RULE, cause=clip("/".join(parts)))
 
 
 # -- rendering ---------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass
 
-from discoverd.directory.rules import MEMBER_ID_RE, TOKEN_RE, clip
+from discoverd.directory.rules import TOKEN_RE, clip, parse_member_id
 from discoverd.discovery.v3.pb import mvcc_pb2
 from discoverd.errors import Forbidden, Invalid, TooLarge
 from discoverd.models import Cluster
@@ -123,15 +123,13 @@ def registration_target(key: bytes) -> tuple[str, str]:
             cause=_show(key),
         )
     member_id = rest.removeprefix(MEMBERS_SUFFIX).decode("ascii", "replace")
-    if not rest.startswith(MEMBERS_SUFFIX) or not MEMBER_ID_RE.fullmatch(member_id):
+    if not rest.startswith(MEMBERS_SUFFIX) or not member_id:
         raise Forbidden(
-            "only /_etcd/registry/<token>/members/<id> may be written (id: an etcd member ID, "
-            "1 to 16 lowercase hex), and only once",
+            "only /_etcd/registry/<token>/members/<id> may be written (id: an etcd member ID), "
+            "and only once",
             cause=_show(key),
         )
-    if member_id.strip("0") == "":
-        raise Invalid("member ID 0 is never an etcd member ID", cause=_show(key))
-    return token, member_id
+    return token, parse_member_id(member_id)
 
 
 def registration_value(value: bytes) -> str:

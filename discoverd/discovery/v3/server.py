@@ -36,6 +36,10 @@ OPTIONS: list[tuple[str, Any]] = [
     ("grpc.http2.max_ping_strikes", 0),  # never GOAWAY a client for pinging
     ("grpc.keepalive_time_ms", 30_000),  # find clients that vanished without a FIN
     ("grpc.keepalive_timeout_ms", 10_000),
+    # Calls that arrived but wait for the server loop to pick them up: grpc-core's default (1000)
+    # answers INTERNAL to the rest of a burst, e.g. the 2,000th member watch opened at once.
+    ("grpc.server.max_pending_requests", 20_000),
+    ("grpc.server.max_pending_requests_hard_limit", 20_000),
 ]
 
 REFUSED_WRITES = frozenset({"DeleteRange", "Txn", "Compact"})

@@ -152,7 +152,7 @@ class DiscoveryV3:
         if request.ignore_value or request.ignore_lease:
             raise Invalid("registrations are create-only: ignore_value/ignore_lease do not apply")
         value = protocol.registration_value(request.value)
-        member = await self._directory.register(token, member_id, value)
+        member = await self._directory.register(token, member_id, value, protocol="v3")
         return pb.PutResponse(header=self.header(max(member.created, self._registry.revision)))
 
     # -- Auth/Authenticate ---------------------------------------------------------------------
