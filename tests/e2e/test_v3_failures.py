@@ -41,13 +41,6 @@ RECOVERY_TIMEOUT = 60.0
 REGISTER_FAILED = "failed to register members itself to the discovery service"
 RAFT_LOG_LOST = "Was the raft log corrupted, truncated, or lost?"
 ALREADY_EXISTS = "code = AlreadyExists"
-# Remove the xfails that cite it once discoverd takes a Put identical to the stored one.
-IDENTICAL_PUT_BUG = (
-    "discoverd bug: KV/Put of an existing member key with the SAME value is refused "
-    "(ALREADY_EXISTS 'Key already exists'); a real etcd takes it. Stock etcd retries a refused "
-    "Put forever with backoff, so a member whose Put is retried (it restarted mid-bootstrap, "
-    "or its first Put was answered UNAVAILABLE but committed) never joins"
-)
 
 
 # -- members that must be refused -------------------------------------------------------------
@@ -83,14 +76,12 @@ def test_unknown_token_exits_size_key_not_found(
 
 
 def test_member_restarted_mid_bootstrap_joins(
-    v3_service: DiscoveryService, members: Members, request: pytest.FixtureRequest
+    v3_service: DiscoveryService, members: Members
 ) -> None:
     """m1 registers, waits for its peers, and is killed (a reboot) before they come: it has no
     WAL yet, so it runs discovery again and Puts the same key with the same value (its ID
     hashes its peer URLs and the token). A real etcd takes the identical Put; the member must
     then take its place in the cluster like the others."""
-    if v3_service.label == "discoverd":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=IDENTICAL_PUT_BUG))
     discovery = v3_service.new(size=3)
     binary = etcd_3_7()
     m1 = members.add("m1", discovery, binary).start()
@@ -114,44 +105,61 @@ def test_member_restarted_mid_bootstrap_joins(
     assert len(v3_service.registered(discovery.token)) == 3
 
 
-def test_member_that_lost_its_data_dir_leaves_the_others_healthy(
+def _lose_data_dir(member: EtcdMember) -> None:
+    """Stop `member` by pid, delete its data dir, start it again with the same flags: no WAL,
+    so it runs discovery again, under the same member ID and with the same value."""
+    member.stop()
+    shutil.rmtree(member.data_dir)
+    member.start()
+
+
+def _assert_unharmed(others: list[EtcdMember], names: set[str]) -> None:
+    for member in others:
+        assert endpoint_healthy(member), member.log()
+    assert {str(listed["name"]) for listed in member_list(others)} == names
+
+
+def test_member_that_lost_its_data_dir_panics_and_the_others_stay_healthy(
     v3_service: DiscoveryService, members: Members
 ) -> None:
-    """m1 of a formed cluster is stopped, its data dir deleted, and started again with the
-    same flags: no WAL, so it runs discovery again under its old member ID.
-
-    What the stock 3.7 binary does: with a real etcd as discovery endpoint its identical Put is
-    taken, it sees itself among the first 3 and starts a fresh raft log as a "new" member;
-    the leader's first heartbeat then commits past that log and m1 panics ("tocommit(N) is
-    out of range [lastIndex(3)]. Was the raft log corrupted, truncated, or lost?", exit 2).
-    With discoverd today, the Put is refused (ALREADY_EXISTS) and m1 retries it forever with
-    growing backoff, never serving. Either way the other two are not harmed."""
+    """What the stock 3.7 binary does, with a real etcd as the discovery endpoint and with
+    discoverd (within --retry-window): its identical Put is taken, it finds itself among the
+    first 3 and starts a fresh raft log as a "new" member; the leader's first heartbeat commits
+    past that log and m1 panics ("tocommit(8) is out of range [lastIndex(3)]. Was the raft log
+    corrupted, truncated, or lost?") and exits with 2. The other two are not harmed."""
     discovery = v3_service.new(size=3)
     group, _ = bootstrap(members, discovery, NAMES, etcd_3_7())
     m1, others = group[0], group[1:]
-    before = {member["name"] for member in member_list(others)}
 
-    m1.stop()
-    shutil.rmtree(m1.data_dir)
-    m1.start()
+    _lose_data_dir(m1)
 
-    def settled() -> bool:
-        return not m1.running() or REGISTER_FAILED in m1.log()
-
-    wait_for(settled, REFUSAL_TIMEOUT, "m1 to panic or be refused", m1.log, 0.2)
+    status = m1.wait_exit(REFUSAL_TIMEOUT)
     log = m1.log()
-    if v3_service.label == "real-etcd":
-        assert m1.wait_exit(REFUSAL_TIMEOUT) == 2, log
-        assert RAFT_LOG_LOST in log, log
-    elif m1.running():  # discoverd today: refused, retried
-        assert ALREADY_EXISTS in log, log
-        assert not m1.healthy()
-    else:  # discoverd once an identical Put is taken: like the real etcd
-        assert RAFT_LOG_LOST in log, log
-    for member in others:
-        assert endpoint_healthy(member), member.log()
-    assert {member["name"] for member in member_list(others)} == before
+    assert status == 2, log
+    assert RAFT_LOG_LOST in log, log
+    _assert_unharmed(others, set(NAMES))
     assert len(v3_service.registered(discovery.token)) == 3
+
+
+def test_member_that_lost_its_data_dir_past_the_retry_window_is_refused(
+    etcd_endpoint: str, start_discoverd: StartDiscoverd, members: Members
+) -> None:
+    """Past --retry-window (here 1 ms) discoverd refuses the identical Put (ALREADY_EXISTS).
+    Unlike v2 (where etcd exits on a duplicate), a stock 3.7 member retries a refused Put
+    forever with doubling backoff (capped at 256 s): it never serves, and never harms the
+    others."""
+    service = DiscoverdDiscovery(start_discoverd([etcd_endpoint], "--retry-window", "1ms"))
+    discovery = service.new(size=3)
+    group, _ = bootstrap(members, discovery, NAMES, etcd_3_7())
+    m1, others = group[0], group[1:]
+
+    _lose_data_dir(m1)
+
+    wait_for(lambda: ALREADY_EXISTS in m1.log(), REFUSAL_TIMEOUT, "m1's Put to be refused", m1.log)
+    assert REGISTER_FAILED in m1.log(), m1.log()
+    assert m1.running() and not m1.healthy()
+    _assert_unharmed(others, set(NAMES))
+    assert len(service.registered(discovery.token)) == 3
 
 
 # -- outages mid-bootstrap --------------------------------------------------------------------
@@ -162,7 +170,9 @@ def test_backing_etcd_paused_mid_bootstrap(
 ) -> None:
     """m1 registers; the backing etcd is frozen (SIGSTOP by pid); m2 and m3 come and their
     registrations fail (discoverd answers UNAVAILABLE after --etcd-timeout); etcd resumes
-    (SIGCONT) and the members' retries form the cluster."""
+    (SIGCONT) and the members' retries form the cluster. A Put answered UNAVAILABLE may still
+    have reached etcd and be committed when it resumes: its identical retry must be taken
+    (it met ALREADY_EXISTS, and the member retried forever, before main's 89832b1)."""
     backing_etcd.start()
     server = start_discoverd([backing_etcd.endpoint])
     service = DiscoverdDiscovery(server)
@@ -189,17 +199,14 @@ def test_backing_etcd_paused_mid_bootstrap(
         lambda: "\n".join(member.log() for member in group),
         0.2,
     )
-    refused = _refused(group)
-    if refused:  # racy: only when a frozen-time Put reached etcd before it froze
-        pytest.xfail(f"{IDENTICAL_PUT_BUG} ({', '.join(member.name for member in refused)})")
+    assert not _refused(group), "\n".join(member.log() for member in _refused(group))
     assert_v3_cluster(group)
     assert len(service.registered(discovery.token)) == 3
 
 
 def _refused(group: list[EtcdMember]) -> list[EtcdMember]:
-    """The members whose registration was refused as a duplicate: their earlier Put, answered
-    UNAVAILABLE while etcd was frozen, was committed when it resumed, and the identical retry
-    met ALREADY_EXISTS (stock etcd then retries forever)."""
+    """The members whose identical retry was refused as a duplicate (stock etcd then retries
+    forever): checked while waiting, so that failure shows at once, not after a timeout."""
     return [member for member in group if ALREADY_EXISTS in member.log()]
 
 
