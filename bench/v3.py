@@ -35,6 +35,9 @@ from bench import v3load
 from bench.process import run_output
 from bench.servers import Stack, cpu_seconds, rss_kb
 from tests.binaries import BUILT, ETCD_CACHE
+from tests.e2e.conftest import Loopback, Members, V3Discovery, built_etcd
+from tests.e2e.v3support import ReferenceDiscovery
+from tests.e2e.v3support import bootstrap as start_members
 
 V3_SERIES = "3.7"
 V3_VERSION = BUILT[V3_SERIES]
@@ -63,9 +66,6 @@ class Anchor:
     """The real etcd 3.7 used as the discovery endpoint, for the whole v3 run."""
 
     def __init__(self, scratch: Path) -> None:
-        from tests.e2e.conftest import built_etcd
-        from tests.e2e.v3support import ReferenceDiscovery
-
         self.binary = built_etcd(V3_SERIES)
         self.discovery = ReferenceDiscovery(scratch, self.binary)
 
@@ -105,9 +105,6 @@ async def bootstrap(stack: Stack, anchor: Anchor, scratch: Path, say: Say) -> di
 
 
 def _boot_once(stack: Stack, anchor: Anchor, side: str, size: int, workdir: Path) -> float:
-    from tests.e2e.conftest import Loopback, Members, V3Discovery
-    from tests.e2e.v3support import bootstrap as start_members
-
     if side == "etcd":
         discovery = anchor.discovery.new(size)
     else:
