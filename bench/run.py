@@ -287,7 +287,12 @@ class _Phases:
         anchor = v3mod.Anchor(self.scratch / "v3-anchor")
         _say(f"starting the anchor: a real etcd {v3mod.V3_VERSION} as the discovery endpoint")
         try:
-            await asyncio.to_thread(anchor.start)
+            try:
+                await asyncio.to_thread(anchor.start)
+            except Exception as exc:  # the other phases' results still count
+                _say(f"  failed: {type(exc).__name__}: {exc}")
+                plan["error"] = f"the anchor etcd did not start: {type(exc).__name__}: {exc}"
+                return
             boots = " and ".join(str(size) for size in v3mod.BOOT_SIZES)
             plan["bootstrap"] = await self._run(
                 f"v3 bootstrap of {boots} etcd {v3mod.V3_VERSION} members, discoverd vs etcd, "

@@ -6,8 +6,8 @@
              time from the first member's start until every member's /health is true, median
              of `BOOT_RUNS`. Both sides pay the same etcd process starts.
   watches    N waiting Watch streams (grpc.aio, `bench.v3load`) on one token on the one
-             discoverd process: its RSS while they wait, then the time from the last
-             registration's acknowledgement until each stream saw it.
+             discoverd process: its RSS while they wait, then the time from the moment the
+             last registration's Put was sent until each stream saw it.
   range      KV/Range on a size key, back to back from a separate driver process
              (`python -m bench.v3load range`), on discoverd and on the real etcd 3.7.
 
@@ -42,7 +42,7 @@ from tests.e2e.v3support import bootstrap as start_members
 V3_SERIES = "3.7"
 V3_VERSION = BUILT[V3_SERIES]
 BOOT_SIZES = (3, 5)
-BOOT_RUNS = 3
+BOOT_RUNS = 5
 BOOT_TIMEOUT = 60.0
 RANGE_CONCURRENCY = 64
 RANGE_CHANNELS = 8
@@ -66,6 +66,7 @@ class Anchor:
     """The real etcd 3.7 used as the discovery endpoint, for the whole v3 run."""
 
     def __init__(self, scratch: Path) -> None:
+        scratch.mkdir(parents=True, exist_ok=True)
         self.binary = built_etcd(V3_SERIES)
         self.discovery = ReferenceDiscovery(scratch, self.binary)
 
@@ -132,12 +133,17 @@ async def watches(stack: Stack, count: int, say: Say) -> dict[str, Any]:
         header = (await kv.Range(v3load.pb.RangeRequest(key=size_key), timeout=10)).header
         ids = [f"{0xBE0C0000 + n:x}" for n in (1, 2, 3)]
 
-        async def register() -> float:
+        async def register() -> tuple[float, float]:
+            """Three registrations, one after the other: (when the last Put was sent, when
+            it was acknowledged). Streams may see it before its acknowledgement."""
+            sent = acked = 0.0
             for n, member in enumerate(ids, 1):
                 key = prefix + b"/" + member.encode()
                 value = f"w{n}=http://127.0.0.1:{2380 + n}".encode()
+                sent = time.perf_counter()
                 await kv.Put(v3load.pb.PutRequest(key=key, value=value), timeout=10)
-            return time.perf_counter()
+                acked = time.perf_counter()
+            return sent, acked
 
         def held() -> dict[str, Any]:
             rss = rss_kb(stack.pid)

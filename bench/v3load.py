@@ -119,12 +119,13 @@ async def watch_streams(
     count: int,
     channels: int,
     awaited: bytes,
-    register: Callable[[], Awaitable[float]],
+    register: Callable[[], Awaitable[tuple[float, float]]],
     measure_held: Callable[[], dict[str, Any]],
 ) -> dict[str, Any]:
     """Hold `count` streams watching `prefix` from `start_revision`; once all are created,
-    `measure_held()` (e.g. the server's RSS), then `register()` (returns the moment the last
-    registration was acknowledged); then wait until every stream saw `awaited`."""
+    `measure_held()` (e.g. the server's RSS), then `register()` (returns when the last
+    registration was sent and when it was acknowledged); then wait until every stream saw
+    `awaited`. Wake latencies count from the send."""
     open_channels = channels_to(target, channels)
     watch = [stubs.WatchStub(channel) for channel in open_channels]
     create = pb.WatchRequest(
@@ -180,7 +181,8 @@ async def watch_streams(
         found["open_s"] = round(time.perf_counter() - opened, 2)
         found["created"], found["failed"] = streams.created, streams.failed
         found["held"] = measure_held()
-        last = await register()
+        last, acked = await register()
+        found["last_put_ms"] = round((acked - last) * 1000, 1)
         try:
             await asyncio.wait_for(done.wait(), CREATE_TIMEOUT)
         except TimeoutError:

@@ -15,6 +15,8 @@ ANCHOR = "real etcd 3.7 as discovery endpoint"
 def verdicts(v3: dict[str, Any]) -> list[dict[str, Any]]:
     if "skipped" in v3:
         return [_row("v3 discovery: skipped", v3["skipped"], "", "", met=None)]
+    if "error" in v3:
+        return [_row("v3 discovery: failed", v3["error"][:80], "", "", met=False)]
     rows: list[dict[str, Any]] = []
     rows.extend(_bootstrap(v3.get("bootstrap", {})))
     rows.extend(_watches(v3.get("watches", {})))
