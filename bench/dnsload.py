@@ -7,7 +7,7 @@ On each server two loads are measured, each `RUNS` dnsperf runs of `duration` se
     srv   _etcd-server._tcp.<domain> SRV   3 SRV answers + 3 A glue records
     a     etcd1.<domain> A                 1 A answer
 
-`<domain>` is `<token>.etcd.internal` on discoverd (a size-3 token with 3 real v2
+`<domain>` is `<label>.etcd.internal` on discoverd (the label of a size-3 token with 3 real v2
 registrations, etcd1..3 at http://10.0.0.1..3:2380: record data only, never contacted) and
 `example.test` on dnsmasq (`srv-host` and `host-record` lines of a generated config). Before
 any load, one dnspython query per load checks the answer (3 SRV + 3 glue, or the one A) and the
@@ -42,6 +42,7 @@ import dns.rdatatype
 
 from bench import client, servers
 from bench.process import ManagedProcess, run_output
+from discoverd.directory.rules import cluster_label
 
 RUNS = 3
 DNSPERF_CLIENTS = 1  # -c: one UDP socket, as one resolver would use
@@ -345,7 +346,7 @@ async def discoverd_side(
     if stack.dns_port is None:
         return {"skipped": "this discoverd has no --dns-listen"}
     token = await seed(stack.url)
-    loads = _loads(f"{token}.{stack.dns_zone}", stack.dns_port, duration, runs)
+    loads = _loads(f"{cluster_label(token)}.{stack.dns_zone}", stack.dns_port, duration, runs)
     found = await _measure_both(dnsperf, loads, scratch, stack.pid, say)
     return {"server": "discoverd", "port": stack.dns_port, "zone": stack.dns_zone, **found}
 

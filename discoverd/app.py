@@ -2,7 +2,8 @@
 
 Resources start in this order and stop in reverse (aiohttp `cleanup_ctx`):
 
-    etcd      the embedded etcd process (only without --etcd) -> ENDPOINTS
+    etcd      the embedded etcd process (only without --etcd), -> ENDPOINTS
+              restarted if it dies; if it keeps dying: SHUTDOWN with status 1
     gateway   the etcd3gw facade, its thread pool, TLS/RBAC   -> GATEWAY
     registry  the in-memory view, its watch thread and probe  -> REGISTRY
     services  the directory, the cluster service, the CA    -> DIRECTORY, CLUSTERS, AUTHORITY
@@ -38,13 +39,14 @@ from discoverd.dns.server import DnsServer
 from discoverd.dns.view import published
 from discoverd.dns.wire import Responder
 from discoverd.dns.zone import Zone
+from discoverd.listener import Shutdown
 from discoverd.logs import fingerprint
 from discoverd.metrics import Metrics
 from discoverd.ratelimit import RateLimiter
 from discoverd.store.access import EtcdAccess
 from discoverd.store.certificates import CertificateStore
 from discoverd.store.clusters import ClusterStore
-from discoverd.store.embedded import EmbeddedEtcd
+from discoverd.store.embedded import EmbeddedEtcd, EmbeddedEtcdError, supervise
 from discoverd.store.feed import RegistryFeed
 from discoverd.store.gateway import EtcdGateway
 from discoverd.store.registry import Registry
@@ -59,9 +61,13 @@ def build_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[middlewares.observe], client_max_size=MAX_BODY)
     app[appkeys.SETTINGS] = settings
     app[appkeys.METRICS] = Metrics()
+    app[appkeys.SHUTDOWN] = Shutdown()
     app[appkeys.REGISTRY] = Registry()
     app[appkeys.NEW_LIMITER] = RateLimiter(
-        settings.new_rate, settings.new_burst, trusted_proxies=settings.trusted_proxies
+        settings.new_rate,
+        settings.new_burst,
+        trusted_proxies=settings.trusted_proxies,
+        per_hour=settings.new_per_hour,
     )
     app.cleanup_ctx.extend([etcd_ctx, gateway_ctx, registry_ctx, services_ctx, grpc_ctx, dns_ctx])
     app.on_shutdown.append(_release_waits)
@@ -82,10 +88,25 @@ async def etcd_ctx(app: web.Application) -> AsyncIterator[None]:
     etcd.launch()  # on the loop thread, which lives as long as the process (see launch())
     endpoint = await asyncio.to_thread(etcd.wait_ready)
     app[appkeys.ENDPOINTS] = (endpoint,)
+    supervisor = asyncio.create_task(supervise(etcd), name="etcd-supervisor")
+    supervisor.add_done_callback(lambda task: _supervisor_done(app, task))
     try:
         yield
     finally:
+        supervisor.cancel()
+        with contextlib.suppress(asyncio.CancelledError, EmbeddedEtcdError):
+            await supervisor
         await asyncio.to_thread(etcd.stop)
+
+
+def _supervisor_done(app: web.Application, task: asyncio.Task[None]) -> None:
+    """The embedded etcd keeps dying: stop discoverd with status 1, so that whatever runs it
+    (systemd, Kubernetes) restarts the whole service."""
+    if task.cancelled() or task.exception() is None:
+        return
+    reason = str(task.exception())
+    logger.critical("%s; stopping discoverd", reason)
+    app[appkeys.SHUTDOWN].request(1, reason)
 
 
 async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -133,7 +154,13 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     service = Directory(
         app[appkeys.REGISTRY],
         ClusterStore(app[appkeys.GATEWAY]),
-        Limits(settings.default_size, settings.max_size, settings.token_ttl, settings.retry_window),
+        Limits(
+            settings.default_size,
+            settings.max_size,
+            settings.token_ttl,
+            settings.retry_window,
+            max_tokens=settings.max_tokens,
+        ),
         on_register=lambda result: metrics.registrations.labels(result).inc(),
     )
     app[appkeys.DIRECTORY] = service

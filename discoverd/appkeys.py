@@ -10,6 +10,7 @@ from discoverd.config import Settings
 from discoverd.directory.service import Directory
 from discoverd.dns.server import DnsServer
 from discoverd.dns.wire import Responder
+from discoverd.listener import Shutdown
 from discoverd.metrics import Metrics
 from discoverd.ratelimit import RateLimiter
 from discoverd.store.gateway import EtcdGateway
@@ -27,3 +28,4 @@ AUTHORITY = web.AppKey("authority", Authority)
 DNS_RESPONDER = web.AppKey("dns_responder", Responder)
 DNS_SERVER = web.AppKey("dns_server", DnsServer)
 GRPC_PORT = web.AppKey("grpc_port", int)
+SHUTDOWN = web.AppKey("shutdown", Shutdown)

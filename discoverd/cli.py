@@ -67,6 +67,8 @@ _SERVE_FLAGS: dict[str, tuple[str, str]] = {
     ),
     "--new-rate": ("new_rate", "/new requests per second per client address, 0 = off (2)"),
     "--new-burst": ("new_burst", "/new burst per client address (30)"),
+    "--new-per-hour": ("new_per_hour", "/new per client /24 (IPv6: /64) per hour, 0 = off (1000)"),
+    "--max-tokens": ("max_tokens", "live tokens in all; /new answers 503 beyond (100000)"),
     "--trusted-proxy": (
         "trusted_proxies",
         "CIDRs of proxies whose X-Forwarded-For names the client (none)",
@@ -101,6 +103,9 @@ def _cluster_parsers(commands: Any) -> None:
     new.add_argument("--name", help="also publish the cluster as <name>.<zone>")
     new.add_argument("--cidr", action="append", default=[], help="IP range its certs may name")
     new.add_argument("--dns", action="append", default=[], help="DNS suffix its certs may name")
+    new.add_argument(
+        "--allow-root", action="store_true", help="a client certificate may name etcd's root"
+    )
     new.add_argument("--server", default=DEFAULT_SERVER, help=f"discoverd URL ({DEFAULT_SERVER})")
     new.add_argument("--timeout", default="10s", help="retry an unreachable server this long")
     new.add_argument("-q", "--quiet", action="store_true", help="print only the discovery URL")
@@ -188,8 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def serve(settings: Settings) -> int:
-    from aiohttp import web
-
+    from discoverd import appkeys, listener
     from discoverd.app import build_app
     from discoverd.certs.servicekey import ServiceKeyError
     from discoverd.discovery.v3.server import BindError
@@ -199,18 +203,20 @@ def serve(settings: Settings) -> int:
     loop = _new_loop()
     where = settings.listen.url()
     etcd = ",".join(settings.etcd) if settings.etcd else f"embedded ({settings.data_dir}/etcd)"
+    app = build_app(settings)
     try:
-        web.run_app(
-            build_app(settings),
-            host=settings.listen.host,
-            port=settings.listen.port,
-            access_log_class=logs.AccessLogger,
-            access_log=logging.getLogger("discoverd.access"),
-            print=lambda *_: logger.info(
+        return listener.run(
+            app,
+            settings.listen.host,
+            settings.listen.port,
+            app[appkeys.SHUTDOWN],
+            loop=loop,
+            ready=lambda: logger.info(
                 "discoverd listening on %s, DNS on %s (etcd: %s)", where, settings.dns_listen, etcd
             ),
-            loop=loop,
-            shutdown_timeout=5.0,
+            trusted=settings.trusted_proxies,
+            access_log_class=logs.AccessLogger,
+            access_log=logging.getLogger("discoverd.access"),
             handler_cancellation=True,  # a long-poll whose client left frees its waiter at once
         )
     except (EmbeddedEtcdError, ServiceKeyError, BindError) as exc:
@@ -219,13 +225,12 @@ def serve(settings: Settings) -> int:
     except OSError as exc:
         logger.error("cannot listen on %s: %s", settings.listen, exc.strerror or exc)
         return 1
-    return 0
 
 
 def _new(args: argparse.Namespace, timeout: float) -> int:
     return cluster_commands.new(
         args.server, args.size, name=args.name, cidrs=args.cidr, dns=args.dns,
-        quiet=args.quiet, timeout=timeout,
+        allow_root=args.allow_root, quiet=args.quiet, timeout=timeout,
     )  # fmt: skip
 
 

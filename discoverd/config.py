@@ -115,6 +115,8 @@ class Settings(BaseSettings):
     retry_window: float = 600.0
     new_rate: float = Field(default=2.0, ge=0)
     new_burst: int = Field(default=30, ge=1)
+    new_per_hour: int = Field(default=1000, ge=0)  # per client /24 (IPv6: /64); 0 = off
+    max_tokens: int = Field(default=100_000, ge=1)  # live tokens in all
     etcd_timeout: float = 2.0
     cert_ttl: float = 90 * 86400
     trusted_proxies: Annotated[tuple[str, ...], NoDecode] = ()

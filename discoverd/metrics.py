@@ -74,6 +74,15 @@ class Metrics:
         self.registry_synced = Gauge(
             "discoverd_registry_synced", "1 when the view is in step with etcd.", registry=r
         )
+        self.etcd_alarm = Gauge(
+            "discoverd_etcd_alarm",
+            "1 while the backing etcd has this alarm raised (NOSPACE: every write is refused), "
+            "as /health last saw it.",
+            ["alarm"],
+            registry=r,
+        )
+        self._alarms_seen = {"NOSPACE"}
+        self.etcd_alarm.labels("NOSPACE").set(0)
         self.registry_revision = Gauge(
             "discoverd_registry_revision", "etcd revision this replica's view reflects.", registry=r
         )
@@ -89,6 +98,12 @@ class Metrics:
             )
         children[0].inc()
         children[1].observe(seconds)
+
+    def etcd_alarms(self, alarms: list[str]) -> None:
+        """Record the alarms etcd has raised now (every alarm seen before goes back to 0)."""
+        self._alarms_seen.update(alarms)
+        for alarm in self._alarms_seen:
+            self.etcd_alarm.labels(alarm).set(1 if alarm in alarms else 0)
 
     def watch_dns(self, responder: DnsCounters) -> None:
         """Export the DNS responder's counters (kept as plain ints on its hot path)."""

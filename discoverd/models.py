@@ -39,6 +39,13 @@ class ClusterConfig(BaseModel):
     dns_suffixes: tuple[str, ...] = Field(
         default=(), max_length=16, description="extra DNS suffixes certificates may name"
     )
+    allow_root: bool = Field(
+        default=False, description="a client certificate may name etcd's superuser `root`"
+    )
+    held_by_ca: bool = Field(
+        default=False,
+        description="moved to its CA's lease by its first enrollment: outlives the token",
+    )
 
     @field_validator("cidrs")
     @classmethod
@@ -90,6 +97,13 @@ class CertRecord(BaseModel):
     fingerprint: str
     issued_at: float
     revoked_at: float | None = None
+    spki_sha256: str | None = None  # SHA-256 of the public key (absent in older records)
+    superseded_by: str | None = None  # the serial that renewed it (then revoked_at is set too)
+
+    @property
+    def revoked_key(self) -> str | None:
+        """The key fingerprint this record revokes: an operator's revocation, not a renewal's."""
+        return self.spki_sha256 if self.revoked_at is not None and not self.superseded_by else None
 
 
 class MemberRecord(BaseModel):
@@ -109,6 +123,7 @@ class NameClaim(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     peer_urls: tuple[str, ...]  # sorted, without duplicates
+    name: str = ""  # as its first holder spelled it; the other face must spell it the same
     member_id: str | None = None  # the discovery registration's key
     api_name: str | None = None  # the member API record's name, as written
 
@@ -185,6 +200,14 @@ class Cluster:
             )
         names: frozenset[str] = self.memo[key]
         return names
+
+    def revoked_keys(self) -> frozenset[str]:
+        """Fingerprints of the public keys of certificates an operator revoked."""
+        if "revoked-keys" not in self.memo:
+            found = (c.revoked_key for c in self.certs)
+            self.memo["revoked-keys"] = frozenset(key for key in found if key)
+        keys: frozenset[str] = self.memo["revoked-keys"]
+        return keys
 
     def cert(self, serial: str) -> CertRecord | None:
         return next((c for c in self.certs if c.serial == serial), None)

@@ -9,6 +9,14 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from discoverd import __version__, appkeys
 from discoverd.errors import Unavailable
+from discoverd.store.gateway import EtcdRejected
+
+# What an alarm means for discoverd, for the reason /health gives.
+_ALARMS = {
+    "NOSPACE": "etcd is out of space (NOSPACE alarm): every write is refused until an operator "
+    "compacts, defragments and disarms it (etcdctl alarm disarm)",
+    "CORRUPT": "etcd found its data corrupt (CORRUPT alarm): writes are refused",
+}
 
 
 def setup_routes(app: web.Application) -> None:
@@ -18,8 +26,9 @@ def setup_routes(app: web.Application) -> None:
 
 
 async def health(request: web.Request) -> web.Response:
-    """200 when etcd answers and this replica's view is in step with it; 503 otherwise, with
-    the reason (etcd down, or what is wrong with TLS, credentials or permissions)."""
+    """200 when etcd answers, has no alarm raised (NOSPACE: writes are refused) and this
+    replica's view is in step with it; 503 otherwise, with the reason (etcd down, an alarm, or
+    what is wrong with TLS, credentials or permissions)."""
     registry = request.app[appkeys.REGISTRY]
     gateway = request.app[appkeys.GATEWAY]
     body: dict[str, Any] = {
@@ -35,11 +44,29 @@ async def health(request: web.Request) -> web.Response:
     except Unavailable as exc:
         body.update(status="unavailable", reason=exc.message)
         return web.json_response(body, status=503)
+    except EtcdRejected as exc:
+        body.update(status="unavailable", reason=f"etcd refused a status request: {exc.detail}")
+        return web.json_response(body, status=503)
+    alarms: list[str] | None = None
+    try:
+        alarms = await gateway.alarms()
+    except Unavailable as exc:
+        body.update(status="unavailable", reason=exc.message)
+        return web.json_response(body, status=503)
+    except EtcdRejected:  # an etcd user not allowed to list alarms: unknown, not raised
+        pass
     body["etcd"] = {
         "version": status.get("version"),
         "revision": _revision(status),
+        "alarms": alarms,
         "endpoint": gateway.preferred_endpoint,
     }
+    if alarms is not None:
+        request.app[appkeys.METRICS].etcd_alarms(alarms)
+    if alarms:
+        reasons = [_ALARMS.get(alarm, f"etcd raised the alarm {alarm}") for alarm in alarms]
+        body.update(status="unavailable", reason="; ".join(reasons))
+        return web.json_response(body, status=503)
     if not registry.synced:
         body.update(status="unavailable", reason=f"registry: {registry.unsynced_reason}")
         return web.json_response(body, status=503)

@@ -1,7 +1,10 @@
 """Per-client token buckets for `/new`: a burst is throttled with 429 + Retry-After, never broken.
 
-Clients are keyed by address; IPv6 clients by their /64, since one host usually owns a whole
-/64. The table is bounded: the least recently seen client is forgotten first.
+Two limits, each a token bucket. The rate limit keys clients by address (IPv6 clients by their
+/64, since one host usually owns a whole /64). The hourly cap keys them by network, a /24 for
+IPv4 and a /64 for IPv6, so that a host with many addresses (60 loopback addresses, a cloud
+subnet) cannot multiply its share: at most `per_hour` tokens per network per hour, refilled
+evenly. The tables are bounded: the least recently seen client is forgotten first.
 """
 
 from __future__ import annotations
@@ -28,32 +31,47 @@ class RateLimiter:
         clock: Callable[[], float] = time.monotonic,
         max_clients: int = MAX_CLIENTS,
         trusted_proxies: Sequence[str] = (),
+        *,
+        per_hour: int = 0,
     ) -> None:
         self.rate = rate
         self.burst = burst
+        self.per_hour = per_hour
         self.trusted = tuple(ipaddress.ip_network(net) for net in trusted_proxies)
         self._clock = clock
         self._max_clients = max_clients
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._networks: OrderedDict[str, tuple[float, float]] = OrderedDict()
 
     def check(self, address: str | None) -> None:
-        """Take one token for `address`, or raise RateLimited with the seconds to wait."""
-        if self.rate <= 0:
-            return
-        key = client_key(address)
+        """Take one token for `address` from both limits, or raise RateLimited with the
+        seconds to wait (then neither limit is charged)."""
         now = self._clock()
-        tokens, last = self._buckets.pop(key, (float(self.burst), now))
-        tokens = min(float(self.burst), tokens + (now - last) * self.rate)
-        if tokens < 1.0:
-            self._buckets[key] = (tokens, now)
-            retry_after = (1.0 - tokens) / self.rate
-            raise RateLimited(
-                f"too many new tokens from this address; retry in {math.ceil(retry_after)}s",
-                retry_after=retry_after,
-            )
-        self._buckets[key] = (tokens - 1.0, now)
-        while len(self._buckets) > self._max_clients:
-            self._buckets.popitem(last=False)
+        limits = []
+        if self.rate > 0:
+            limits.append((self._buckets, client_key(address), self.rate, float(self.burst),
+                           "from this address"))  # fmt: skip
+        if self.per_hour > 0:
+            limits.append((self._networks, network_key(address), self.per_hour / 3600,
+                           float(self.per_hour), "from this network this hour"))  # fmt: skip
+        taken: list[tuple[OrderedDict[str, tuple[float, float]], str]] = []
+        for table, key, rate, burst, what in limits:
+            tokens, last = table.pop(key, (burst, now))
+            tokens = min(burst, tokens + (now - last) * rate)
+            if tokens < 1.0:
+                table[key] = (tokens, now)
+                for undo_table, undo_key in taken:  # refund the limit already charged
+                    left, when = undo_table[undo_key]
+                    undo_table[undo_key] = (left + 1.0, when)
+                retry_after = (1.0 - tokens) / rate
+                raise RateLimited(
+                    f"too many new tokens {what}; retry in {math.ceil(retry_after)}s",
+                    retry_after=retry_after,
+                )
+            table[key] = (tokens - 1.0, now)
+            taken.append((table, key))
+            while len(table) > self._max_clients:
+                table.popitem(last=False)
 
 
 def client_address(
@@ -91,3 +109,15 @@ def client_key(address: str | None) -> str:
             return str(mapped)
         return str(ipaddress.ip_network(f"{ip}/64", strict=False))
     return str(ip)
+
+
+def network_key(address: str | None) -> str:
+    """The network a client's hourly cap is counted on: its /24 (IPv4) or /64 (IPv6)."""
+    key = client_key(address)
+    try:
+        network = ipaddress.ip_network(key, strict=False)
+    except ValueError:
+        return key
+    if network.version == 4:
+        return str(ipaddress.ip_network(f"{network.network_address}/24", strict=False))
+    return str(network)

@@ -9,6 +9,7 @@ import re
 import pytest
 
 from discoverd.cli import main
+from discoverd.directory.rules import cluster_label as label
 from discoverd.store.embedded import free_port
 
 
@@ -19,6 +20,8 @@ from discoverd.store.embedded import free_port
         (["serve", "--etcd", "localhost:2379"], "invalid etcd"),
         (["serve", "--token-ttl", "forever"], "invalid token_ttl"),
         (["serve", "--max-size", "0"], "invalid max_size"),
+        (["serve", "--max-tokens", "0"], "invalid max_tokens"),
+        (["serve", "--new-per-hour", "-1"], "invalid new_per_hour"),
     ],
 )
 def test_serve_refuses_bad_settings(argv, message, capsys):
@@ -54,5 +57,15 @@ async def test_new_prints_what_the_nodes_need(client, capsys):
     token = re.search(r"discovery URL: http://discoverd\.test:8087/([0-9a-f]{32})", out).group(1)
     view = await (await client.get(f"/api/v1/clusters/{token}")).json()
     assert f"CA sha256:     {view['ca_sha256']}" in out
-    assert f"DNS domain:    {token}.etcd.internal, web" in out
+    assert f"DNS domain:    {label(token)}.etcd.internal, web" in out
     assert "DISCOVERD_PIP_SPEC=discoverd==" in out and f"DISCOVERD_TOKEN={token}" in out
+
+
+@pytest.mark.parametrize(("flags", "status"), [([], 403), (["--allow-root"], 200)])
+async def test_new_allows_etcds_root_only_when_asked(client, capsys, tmp_path, flags, status):
+    from tests.certs.test_handlers import csr, enroll
+
+    server = str(client.make_url("")).rstrip("/")
+    assert await asyncio.to_thread(main, ["new", "-q", *flags, "--server", server]) == 0
+    token = capsys.readouterr().out.strip().rsplit("/", 1)[1]
+    assert (await enroll(client, token, "root", csr(tmp_path, "root"), "client")).status == status

@@ -8,6 +8,7 @@ import subprocess
 import pytest
 
 from discoverd.cli import main
+from discoverd.directory.rules import cluster_label as label
 from discoverd.store.embedded import free_port
 
 IPS = ["10.0.5.1", "10.0.5.2", "10.0.5.3", "10.0.5.4"]
@@ -50,12 +51,18 @@ async def test_tls_join_writes_what_etcd_needs(client, tmp_path, capsys):
                           capture_output=True, text=True).stdout  # fmt: skip
     for san in (
         "IP Address:10.0.5.1",
-        f"DNS:infra0.{token}.etcd.internal",
-        f"DNS:{token}.etcd.internal",
+        f"DNS:infra0.{label(token)}.etcd.internal",
+        f"DNS:{label(token)}.etcd.internal",
         "DNS:localhost",
         "IP Address:127.0.0.1",
     ):
         assert san in text  # fmt: skip
+    for profile in ("peer", "server", "client"):  # the token is a secret: never in a certificate
+        assert token not in (out / f"{profile}.pem").read_text()
+        assert token not in subprocess.run(
+            ["openssl", "x509", "-in", str(out / f"{profile}.pem"), "-noout", "-text"],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
     assert (out / "etcd.env").stat().st_mode & 0o777 == 0o600  # it carries the token
     ctl = env_of(out / "etcdctl.env")
     assert ctl["ETCDCTL_CERT"] == str(out / "client.pem")
@@ -113,7 +120,7 @@ async def test_srv_mode_waits_for_every_member(client, tmp_path):
     )
     assert await first == 0
     env = env_of(tmp_path / "a" / "etcd.env")
-    assert env["ETCD_DISCOVERY_SRV"] == f"{token}.etcd.internal"
+    assert env["ETCD_DISCOVERY_SRV"] == f"{label(token)}.etcd.internal"
     assert env["ETCD_INITIAL_CLUSTER_TOKEN"] == token and "ETCD_DISCOVERY" not in env
 
 

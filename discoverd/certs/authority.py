@@ -1,11 +1,14 @@
 """The certificate authority's rules: enroll, renew, revoke, publish the CA and its CRL.
 
-One CA per cluster, made on first use and stored sealed with the service key. Enrollment is
+One CA per cluster, made on first use and stored sealed with the service key; it lives with
+the token until the first enrollment, which moves the cluster to the CA's lease. Enrollment is
 bound to the token and the member name: a name gets one certificate per profile, and at most
 `size` names per profile are ever enrolled, so a token that leaks after the bootstrap cannot
-mint new identities. Renewal proves possession of the current key (a CSR signed with the
-key of the current certificate, which must chain to the cluster's CA and not be revoked) and
-keeps the name, profile and SANs. Nothing here logs a key, a CSR or a token.
+mint new identities; a certificate names only its member (`certs.policy`). Renewal proves
+possession of the current key (a CSR signed with the key of the current certificate, which
+must chain to the cluster's CA and not be revoked), keeps the name, profile and SANs, and
+revokes the certificate it replaces. A key an operator revoked is refused for enrollment and
+renewal. Nothing here logs a key, a CSR or a token.
 """
 
 from __future__ import annotations
@@ -25,10 +28,12 @@ from cryptography import x509 as cx509
 
 from discoverd.certs import policy, x509
 from discoverd.certs.x509 import Profile
+from discoverd.directory import rules
 from discoverd.directory.service import Directory
-from discoverd.errors import Conflict, Forbidden, Invalid, Unavailable
+from discoverd.errors import Conflict, Forbidden, Invalid, NotFound, Unavailable
 from discoverd.models import CaRecord, CertRecord, Cluster
-from discoverd.store.certificates import CertificateStore, EnrollRefusal
+from discoverd.store.certificates import CertificateStore, EnrollRefusal, Hold
+from discoverd.store.clusters import LeaseGone
 from discoverd.store.gateway import EtcdRejected
 
 logger = logging.getLogger(__name__)
@@ -102,8 +107,8 @@ class Authority:
 
     async def _create_ca(self, cluster: Cluster) -> CaRecord:
         # The token is a secret and CA certificates are shown to anyone who connects to a
-        # member, so the subject names the cluster by a hash of its token, never the token.
-        label = cluster.config.name or hashlib.sha256(cluster.token.encode()).hexdigest()[:12]
+        # member, so the subject names the cluster by its label, never the token.
+        label = cluster.config.name or rules.cluster_label(cluster.token)
         key, cert = await asyncio.to_thread(x509.new_ca, f"discoverd etcd CA {label}")
         sealed = x509.seal(key, self._service_key, cluster.token)
         record = CaRecord(
@@ -111,14 +116,11 @@ class Authority:
             sealed_key=base64.b64encode(sealed).decode(),
             key_id=self.key_id,
         )
-        pki_lease = await self._store.grant_lease(int(x509.CA_LIFETIME.total_seconds()))
-        stored, revision = await self._store.create_ca(
-            cluster.token, record, cluster.config, pki_lease
-        )
+        try:  # on the token's lease: only an enrollment makes the cluster outlive the token
+            stored, revision = await self._store.create_ca(cluster.token, record, cluster.lease)
+        except LeaseGone as exc:
+            raise NotFound("the discovery token has expired", cause=f"/{cluster.token}") from exc
         await self._discovery.settle(revision)
-        if stored is not record:  # another replica made it first: its lease holds the cluster
-            with contextlib.suppress(Unavailable, EtcdRejected):
-                await self._store.revoke_lease(pki_lease)
         if stored is record:
             self._remember(cluster.token, key, record.certificate)
             logger.info("created a cluster CA", extra={"ca_sha256": x509.fingerprint(cert)})
@@ -128,10 +130,13 @@ class Authority:
 
     async def enroll(self, token: str, name: str, csr_pem: str, profile_name: str) -> Issued:
         profile = _profile(profile_name)
-        policy.check_subject_name(profile, name)
         csr = x509.load_csr(csr_pem)
         cluster = await self._discovery.bootstrap_cluster(token)
-        sans = policy.leaf_sans(profile, x509.csr_sans(csr), self._policy(cluster))
+        name = policy.subject_name(profile, name, allow_root=cluster.config.allow_root)
+        if x509.spki_sha256(csr.public_key()) in cluster.revoked_keys():
+            raise Forbidden("this key belongs to a revoked certificate; make a new key")
+        requested = x509.csr_sans(csr)
+        sans = policy.leaf_sans(profile, requested, self._policy(cluster), name, _taken(cluster))
         names = cluster.cert_names(profile.value)
         limit = cluster.config.size
         if profile is Profile.CLIENT and cluster.config.clients is not None:
@@ -144,9 +149,7 @@ class Authority:
                 cause=name,
             )
         issued = await self._issue(cluster, csr.public_key(), name, sans, profile)
-        # Issuing may have made the CA, which moved the cluster to its PKI lease: use that one.
-        cluster = await self._discovery.cluster(token)
-        revision = await self._store.enroll(token, issued.record, cluster.lease, limit)
+        revision = await self._record(token, issued.record, limit)
         if revision is EnrollRefusal.FULL:
             raise Forbidden(
                 f"{limit} names already hold a {profile.value} certificate in this cluster; "
@@ -159,8 +162,34 @@ class Authority:
                 "POST /api/v1/certs/renew, or have an operator revoke it",
                 cause=name,
             )
+        assert isinstance(revision, int)
         await self._discovery.settle(revision)
         return issued
+
+    async def _record(self, token: str, record: CertRecord, limit: int) -> int | EnrollRefusal:
+        """Record an enrollment; the first one also moves the cluster (config, CA, name) from
+        the token's lease to one as long as the CA, in the same transaction."""
+        cluster = await self._discovery.cluster(token)  # issuing may have made the CA
+        for _ in range(3):
+            if cluster.config.held_by_ca:
+                return await self._store.enroll(token, record, cluster.lease, limit)
+            if cluster.ca is None:  # this replica's view lags the CA it just made
+                cluster = await self._discovery.fresh_cluster(token)
+                if cluster.ca is None:
+                    raise Unavailable("the cluster's CA is not readable yet; retry")
+            lease = await self._store.grant_lease(int(x509.CA_LIFETIME.total_seconds()))
+            hold = Hold(cluster.config, cluster.ca, cluster.lease, lease)
+            outcome: int | EnrollRefusal = EnrollRefusal.MOVED
+            try:
+                outcome = await self._store.enroll(token, record, cluster.lease, limit, hold)
+            finally:
+                if not isinstance(outcome, int):  # the lease holds nothing: give it back
+                    with contextlib.suppress(Unavailable, EtcdRejected):
+                        await self._store.revoke_lease(lease)
+            if outcome is not EnrollRefusal.MOVED:
+                return outcome
+            cluster = await self._discovery.fresh_cluster(token)  # another enrollment held it
+        raise Unavailable("the cluster kept moving between leases; retry")
 
     async def renew(self, token: str, cert_pem: str, csr_pem: str) -> Issued:
         cluster = await self._discovery.cluster(token)
@@ -169,19 +198,27 @@ class Authority:
         if not x509.issued_by(current, ca_cert):
             raise Forbidden("this certificate was not issued by this cluster's CA")
         csr = x509.load_csr(csr_pem)
-        if x509.spki_sha256(csr.public_key()) != x509.spki_sha256(current.public_key()):
+        key_id = x509.spki_sha256(current.public_key())
+        if x509.spki_sha256(csr.public_key()) != key_id:
             raise Forbidden("the csr must be signed with the key of the certificate to renew")
         record = cluster.cert(format(current.serial_number, "x"))
         if record is None:
             raise Forbidden("this certificate is not in the cluster's inventory")
+        if record.superseded_by is not None:
+            raise Conflict("this certificate was renewed already", cause=record.serial)
         if record.revoked_at is not None:
             raise Forbidden("this certificate is revoked and cannot be renewed")
+        if key_id in cluster.revoked_keys():
+            raise Forbidden("this key belongs to a revoked certificate; enroll a new key")
         if record.not_after < time.time():
             raise Forbidden("this certificate has expired; an operator must re-issue it")
         profile = Profile(record.profile)
-        sans = x509.cert_sans(current)
+        sans = policy.relabel(x509.cert_sans(current), token, rules.cluster_label(token))
         issued = await self._issue(cluster, csr.public_key(), record.name, sans, profile)
-        revision = await self._store.renew(token, record.serial, issued.record, cluster.lease)
+        old = record.model_copy(
+            update={"revoked_at": time.time(), "superseded_by": issued.record.serial}
+        )
+        revision = await self._store.renew(token, old, issued.record, cluster.lease)
         if revision is None:
             raise Conflict("this certificate was renewed already", cause=record.serial)
         await self._discovery.settle(revision)
@@ -208,6 +245,7 @@ class Authority:
             not_after=cert.not_valid_after_utc.timestamp(),
             fingerprint=x509.fingerprint(cert),
             issued_at=time.time(),
+            spki_sha256=x509.spki_sha256(public_key),
         )
         return Issued(x509.pem(cert), ca_pem, record)
 
@@ -249,11 +287,23 @@ class Authority:
         return crl
 
     def _policy(self, cluster: Cluster) -> policy.SanPolicy:
-        domains = [f"{cluster.token}.{self._zone}"]
+        domains = [f"{rules.cluster_label(cluster.token)}.{self._zone}"]
         if cluster.config.name:
             domains.append(f"{cluster.config.name}.{self._zone}")
         cidrs = tuple(ipaddress.ip_network(cidr) for cidr in cluster.config.cidrs)
         return policy.SanPolicy(tuple(domains), cluster.config.dns_suffixes, cidrs)
+
+
+def _taken(cluster: Cluster) -> dict[policy.IPAddress, str]:
+    """The IP SANs of the cluster's live member certificates, and whose they are."""
+    taken: dict[policy.IPAddress, str] = {}
+    for cert in cluster.certs:
+        if cert.revoked_at is not None or cert.profile == Profile.CLIENT.value:
+            continue
+        for san in cert.sans:
+            with contextlib.suppress(ValueError):
+                taken.setdefault(ipaddress.ip_address(san), cert.name)
+    return taken
 
 
 def _profile(name: str) -> Profile:

@@ -42,8 +42,10 @@ def new(
     dns: list[str],
     quiet: bool,
     timeout: float,
+    allow_root: bool = False,
 ) -> int:
     query = [("size", str(size))] + ([("name", name)] if name else [])
+    query += [("root", "1")] if allow_root else []
     query += [("cidr", c) for c in cidrs] + [("dns", d) for d in dns]
     client = ApiClient(server, time.monotonic() + timeout)
     try:

@@ -3,8 +3,9 @@
 The member API is what makes SRV bootstrap and client SRV records possible: v2 registrations
 carry only peer URLs. Knowing the token authorises a write, as with v2 discovery. Records are
 create-only (the same record again succeeds); a name is unique per cluster, case aside, and a
-record for a name registered through discovery must name that registration's peer URLs (it is
-`discoverd join` registering the same node). The number of names per cluster is capped.
+record for a name registered through discovery must spell it the same and name that
+registration's peer URLs (it is `discoverd join` registering the same node). The number of
+names per cluster is capped.
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ class ClusterService:
         """The JSON view of a cluster: what `discoverd status` and operators read."""
         config = cluster.config
         members = published(cluster).members
-        domains = [f"{cluster.token}.{self._zone}"]
+        domains = [f"{rules.cluster_label(cluster.token)}.{self._zone}"]
         if config.name:
             domains.append(f"{config.name}.{self._zone}")
         created = datetime.fromtimestamp(config.created_at, UTC)

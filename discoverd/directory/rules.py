@@ -1,5 +1,9 @@
 """The naming rules every face shares: tokens, member IDs and names, registration values,
-peer URLs, cluster names and sizes. Pure functions, no I/O.
+peer URLs, cluster names, labels and sizes, and the bounds of what a new token may carry.
+Pure functions, no I/O.
+
+A token is a bearer secret, so it never names anything: a cluster is published in DNS and in
+certificates under its label (`cluster_label`), a hash of the token that cannot be reversed.
 
 A registration value is what etcd writes under its discovery key, v2 or v3 alike:
 sorted `name=peerURL` pairs joined by commas. etcd parses every member's value back when the
@@ -9,6 +13,7 @@ stored, by the same rules on every face.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 import secrets
@@ -24,6 +29,7 @@ MEMBER_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 INDEX_RE = re.compile(r"[0-9]{1,19}")  # a v2 index is a uint64
 CLUSTER_NAME_RE = re.compile(r"[a-z]([a-z0-9-]{0,29}[a-z0-9])?")
 RESERVED_NAMES = frozenset({"ns", "hostmaster"})  # names the zone itself uses
+LABEL_RE = re.compile(r"c-[0-9a-f]{16}")  # the shape of a cluster label; no name may take it
 _VISIBLE_ASCII = re.compile(r"[\x21-\x7e]*")
 _LABEL = r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"{_LABEL}(\.{_LABEL})*\.?")
@@ -34,6 +40,15 @@ MEMBER_ID_RULE = (
 )
 MAX_VALUE_BYTES = 4096
 MAX_PEER_URLS = 16
+MAX_CIDRS = 4  # `cidr=` ranges a new token may carry (each one is stored with the token)
+MAX_DNS_SUFFIXES = 4  # `dns=` suffixes a new token may carry
+
+
+def cluster_label(token: str) -> str:
+    """The cluster's non-secret DNS label: `c-` and 16 hex of SHA-256("discoverd-label:" +
+    token). It names the cluster in DNS (`<label>.<zone>`) and in certificates; the token
+    itself never appears in either (resolvers and TLS peers would see a bearer secret)."""
+    return "c-" + hashlib.sha256(b"discoverd-label:" + token.encode()).hexdigest()[:16]
 
 
 def new_token() -> str:
@@ -59,10 +74,10 @@ def parse_cluster_name(raw: str | None) -> str | None:
     `--discovery-srv-name`), at most 31 characters so it can never look like a token."""
     if raw is None or raw == "":
         return None
-    if not CLUSTER_NAME_RE.fullmatch(raw) or raw in RESERVED_NAMES:
+    if not CLUSTER_NAME_RE.fullmatch(raw) or raw in RESERVED_NAMES or LABEL_RE.fullmatch(raw):
         raise Invalid(
             "name must be 1-31 lowercase letters, digits or '-', starting with a letter "
-            f"(not {', '.join(sorted(RESERVED_NAMES))})",
+            f"(not {', '.join(sorted(RESERVED_NAMES))}, nor c- and 16 hex: a cluster label)",
             cause=clip(raw),
         )
     return raw
@@ -73,6 +88,17 @@ def parse_member_id(raw: str) -> str:
     if not MEMBER_ID_RE.fullmatch(raw):
         raise Invalid(MEMBER_ID_RULE, cause=clip(raw))
     return raw
+
+
+def check_token_config(cidrs: tuple[str, ...], dns_suffixes: tuple[str, ...]) -> None:
+    """The bounds of what one new token may carry beyond its size (stored with every token)."""
+    if len(cidrs) > MAX_CIDRS:
+        raise Invalid(f"at most {MAX_CIDRS} cidr ranges per cluster", cause=f"{len(cidrs)} given")
+    if len(dns_suffixes) > MAX_DNS_SUFFIXES:
+        raise Invalid(
+            f"at most {MAX_DNS_SUFFIXES} dns suffixes per cluster",
+            cause=f"{len(dns_suffixes)} given",
+        )
 
 
 def parse_member_value(raw: str) -> str:

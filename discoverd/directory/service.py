@@ -37,6 +37,7 @@ class Limits:
     max_size: int
     token_ttl: float
     retry_window: float = RETRY_WINDOW
+    max_tokens: int = 100_000  # live tokens in all, counted in the view
 
 
 class Directory:
@@ -68,9 +69,19 @@ class Directory:
         cidrs: tuple[str, ...] = (),
         dns_suffixes: tuple[str, ...] = (),
         clients: int | None = None,
+        *,
+        allow_root: bool = False,
     ) -> str:
         """A new token, stored in etcd. There is no wait for this replica's view: a read that
         misses the view asks etcd, so the token is readable at once anyway."""
+        if len(self.registry) >= self.limits.max_tokens:
+            raise Unavailable(
+                f"this service holds its maximum of {self.limits.max_tokens} live tokens; "
+                "retry when some have expired"
+            )
+        rules.check_token_config(cidrs, dns_suffixes)
+        if name is not None and self.registry.named(name) is not None:
+            raise NameTaken(f"cluster name {name!r} is taken", cause=name)
         try:
             now = time.time()
             config = ClusterConfig(
@@ -81,6 +92,7 @@ class Directory:
                 cidrs=cidrs,
                 dns_suffixes=dns_suffixes,
                 clients=clients,
+                allow_root=allow_root,
             )
         except ValidationError as exc:
             raise Invalid(exc.errors()[0]["msg"].removeprefix("Value error, ")) from exc
@@ -109,6 +121,18 @@ class Directory:
             revision, stored = await self._store.read_cluster(token)
         finally:
             self._misses.release()
+        if stored is None:
+            raise NotFound("Key not found", cause=f"/{token}")
+        await self.caught_up(revision)
+        cluster = self.registry.cluster(token)
+        if cluster is None:
+            raise NotFound("Key not found", cause=f"/{token}")
+        return cluster
+
+    async def fresh_cluster(self, token: str) -> Cluster:
+        """The cluster of `token` as etcd has it now: a linearizable read, then this replica's
+        view once it has caught up with that read."""
+        revision, stored = await self._store.read_cluster(token)
         if stored is None:
             raise NotFound("Key not found", cause=f"/{token}")
         await self.caught_up(revision)

@@ -1,15 +1,17 @@
 """DNS names of the zone, as tuples of lowercase byte labels (the order they have on the wire).
 
-For a zone `etcd.internal` and a cluster with token T (and the optional name `prod`):
+For a zone `etcd.internal` and a cluster with label L (`c-` and 16 hex, a hash of the token:
+`directory.rules.cluster_label`; the token itself is never published) and the optional name
+`prod`:
 
-    T.etcd.internal                           the cluster domain (`--discovery-srv T.etcd.internal`)
+    L.etcd.internal                           the cluster domain (`--discovery-srv L.etcd.internal`)
     prod.etcd.internal                        the same cluster under its name
-    _etcd-server-ssl._tcp.T.etcd.internal     SRV, one per https peer URL
-    _etcd-server._tcp.T.etcd.internal         SRV, one per http peer URL
-    _etcd-client-ssl._tcp.T.etcd.internal     SRV, one per https client URL
-    _etcd-client._tcp.T.etcd.internal         SRV, one per http client URL
+    _etcd-server-ssl._tcp.L.etcd.internal     SRV, one per https peer URL
+    _etcd-server._tcp.L.etcd.internal         SRV, one per http peer URL
+    _etcd-client-ssl._tcp.L.etcd.internal     SRV, one per https client URL
+    _etcd-client._tcp.L.etcd.internal         SRV, one per http client URL
     _etcd-server-ssl-prod._tcp.prod.etcd.internal   the --discovery-srv-name variants (named only)
-    infra0.T.etcd.internal                    A/AAAA of member infra0 (the SRV target)
+    infra0.L.etcd.internal                    A/AAAA of member infra0 (the SRV target)
 
 Names are compared case-insensitively (ASCII only, RFC 4343), so every label here is lowercase.
 """

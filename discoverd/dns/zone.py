@@ -1,7 +1,8 @@
 """The zone: what every cluster publishes, and the answer to any question about it. Pure.
 
-`Zone` holds one immutable `Domain` per cluster domain (`<token>.<zone>`, and `<name>.<zone>`
-for named clusters); a registry change replaces the domains of the changed cluster whole.
+`Zone` holds one immutable `Domain` per cluster domain (`<label>.<zone>`, and `<name>.<zone>`
+for named clusters; the label is `directory.rules.cluster_label`, never the token); a registry
+change replaces the domains of the changed cluster whole.
 `lookup` follows RFC 1034/2308/8020: an answer, or NODATA (the name or an empty non-terminal
 exists), or NXDOMAIN, always authoritative, negative answers with the SOA; REFUSED outside
 the zone (never an open resolver).
@@ -36,9 +37,9 @@ class MemberEndpoints:
 
 @dataclass(frozen=True, slots=True)
 class Published:
-    """What one cluster publishes."""
+    """What one cluster publishes, under its label (and its name)."""
 
-    token: str
+    label: str
     name: str | None
     members: tuple[MemberEndpoints, ...]
 
@@ -75,7 +76,7 @@ class Zone:
         for label in self._labels_of.pop(token, ()):
             self._domains.pop(label, None)
         if published is not None:
-            labels = [token.encode()]
+            labels = [published.label.encode()]
             if published.name:
                 labels.append(published.name.encode())
             for label in labels:
@@ -128,7 +129,7 @@ class Zone:
 
 
 def build_domain(base: Name, published: Published) -> Domain:
-    """All records of one cluster under `base` (`<token>.<zone>` or `<name>.<zone>`)."""
+    """All records of one cluster under `base` (`<label>.<zone>` or `<name>.<zone>`)."""
     records: dict[Name, dict[int, list[RR]]] = {}
 
     def add(owner: Name, rr: RR) -> None:

@@ -126,8 +126,8 @@ class ClusterStore:
 
         def claim(current: NameClaim | None) -> NameClaim | None:
             if current is None:
-                return NameClaim(peer_urls=urls, api_name=name)
-            if current.api_name not in (None, name) or current.peer_urls != urls:
+                return NameClaim(peer_urls=urls, name=name, api_name=name)
+            if current.api_name not in (None, name) or not _same_node(current, name, urls):
                 return None
             return current.model_copy(update={"api_name": name})
 
@@ -166,8 +166,8 @@ class ClusterStore:
 
         def claim(current: NameClaim | None) -> NameClaim | None:
             if current is None:
-                return NameClaim(peer_urls=urls, member_id=member_id)
-            if current.member_id not in (None, member_id) or current.peer_urls != urls:
+                return NameClaim(peer_urls=urls, name=name, member_id=member_id)
+            if current.member_id not in (None, member_id) or not _same_node(current, name, urls):
                 return None
             return current.model_copy(update={"member_id": member_id})
 
@@ -289,12 +289,19 @@ def _claim_from(kv: KeyValue | None) -> NameClaim | None:
         return NameClaim(peer_urls=())
 
 
+def _same_node(claim: NameClaim, name: str, urls: tuple[str, ...]) -> bool:
+    """Whether a registration through the other face is the claim's node: the same peer URLs
+    and the same spelling of the name (DNS would publish two spellings as two members)."""
+    return claim.peer_urls == urls and claim.name in ("", name)
+
+
 def _holder(claim: NameClaim) -> str:
     """Who holds a name, in words for the refusal."""
+    urls = ", ".join(claim.peer_urls)
     if claim.member_id is not None:
-        return f"discovery registration {claim.member_id} ({', '.join(claim.peer_urls)})"
+        return f"discovery registration {claim.member_id} ({claim.name or '?'} at {urls})"
     if claim.api_name is not None:
-        return f"member API record {claim.api_name} ({', '.join(claim.peer_urls)})"
+        return f"member API record {claim.api_name} (at {urls})"
     return "another registration"
 
 

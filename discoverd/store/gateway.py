@@ -260,6 +260,15 @@ class EtcdGateway:
     async def status(self) -> dict[str, Any]:
         return await self.call(lambda c: dict(c.status()))
 
+    async def alarms(self) -> list[str]:
+        """The alarms raised in the etcd cluster (`NOSPACE`, `CORRUPT`), sorted; [] if none."""
+
+        def op(c: Etcd3Client) -> list[str]:
+            result = c.post(c.get_url("/maintenance/alarm"), json={"action": "GET"})
+            return sorted({str(item.get("alarm", "")) for item in result.get("alarms", [])})
+
+        return await self.call(op)
+
     async def newest_revision(self, prefix: str) -> int:
         """The newest mod revision of any key under `prefix` (0 if none): a cheap probe."""
         payload = {

@@ -14,7 +14,8 @@ Everything discoverd stores lives under one root, one directory per cluster toke
     /discoverd/v1/clusters/<token>/certs/<sn>   CertRecord JSON of an issued certificate
     /discoverd/v1/clusters/<token>/enrolled/<profile>/<name>   the serial a name was enrolled with
     /discoverd/v1/clusters/<token>/roster/<profile>            JSON list of the enrolled names
-    /discoverd/v1/names/<name>                  the token a cluster name belongs to (unique)
+    /discoverd/v1/names/<name>                  the token a cluster name belongs to (unique; on
+                                                the lease of its cluster's config, always)
 
 For example, a 3-member token 3e86b59982e49066c5d813af1c2e2579 with one registered member:
 

@@ -66,6 +66,7 @@ class Registry:
 
     def __init__(self) -> None:
         self._clusters: dict[str, Cluster] = {}
+        self._names: dict[str, str] = {}  # cluster name -> token, of the live clusters
         self.revision = 0
         self.synced = False
         self.unsynced_reason = "not yet read from etcd"
@@ -81,6 +82,10 @@ class Registry:
 
     def __len__(self) -> int:
         return len(self._clusters)
+
+    def named(self, name: str) -> str | None:
+        """The token of the live cluster called `name`, if any."""
+        return self._names.get(name)
 
     def tokens(self) -> frozenset[str]:
         return frozenset(self._clusters)
@@ -114,6 +119,7 @@ class Registry:
                 clusters[parsed.token] = _with_child(clusters[parsed.token], parsed, kv)
         changed = frozenset(self._clusters) | frozenset(clusters)
         self._clusters = clusters
+        self._names = {c.config.name: t for t, c in clusters.items() if c.config.name}
         self.revision = max(self.revision, revision)
         self.synced = True
         self.unsynced_reason = ""
@@ -129,19 +135,7 @@ class Registry:
             changed.add(parsed.token)
             current = self._clusters.get(parsed.token)
             if parsed.kind is keys.KeyKind.CONFIG:
-                if event.deleted:
-                    self._clusters.pop(parsed.token, None)
-                else:
-                    cluster = _cluster_from(parsed.token, event.kv)
-                    if cluster is not None and current is not None:
-                        cluster = replace(
-                            current,
-                            config=cluster.config,
-                            created=cluster.created,
-                            lease=cluster.lease,
-                        )
-                    if cluster is not None:
-                        self._clusters[parsed.token] = cluster
+                self._apply_config(parsed.token, event, current)
             elif current is not None:
                 if event.deleted:
                     self._clusters[parsed.token] = _without_child(current, parsed)
@@ -149,6 +143,24 @@ class Registry:
                     self._clusters[parsed.token] = _with_child(current, parsed, event.kv)
         self.revision = max(self.revision, revision)
         self._after_change(frozenset(changed))
+
+    def _apply_config(self, token: str, event: Event, current: Cluster | None) -> None:
+        if event.deleted:
+            gone = self._clusters.pop(token, None)
+            name = gone.config.name if gone is not None else None
+            if name and self._names.get(name) == token:
+                del self._names[name]
+            return
+        cluster = _cluster_from(token, event.kv)
+        if cluster is None:
+            return
+        if current is not None:
+            cluster = replace(
+                current, config=cluster.config, created=cluster.created, lease=cluster.lease
+            )
+        self._clusters[token] = cluster
+        if cluster.config.name:
+            self._names.setdefault(cluster.config.name, token)
 
     def mark_unsynced(self, reason: str) -> None:
         if self.synced:

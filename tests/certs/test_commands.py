@@ -148,10 +148,10 @@ async def test_revoke_from_the_cli(client, etcd_endpoint, tmp_path, capsys):
     key = tmp_path / "k.pem"
     csr = subprocess.run(
         ["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-         "-keyout", str(key), "-subj", "/CN=root"], capture_output=True, text=True, check=True,
+         "-keyout", str(key), "-subj", "/CN=alice"], capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     issued = await (await client.post(
-        "/api/v1/certs", json={"token": token, "name": "root", "csr": csr, "profile": "client"}
+        "/api/v1/certs", json={"token": token, "name": "alice", "csr": csr, "profile": "client"}
     )).json()  # fmt: skip
     argv = [
         "cert",
@@ -164,7 +164,7 @@ async def test_revoke_from_the_cli(client, etcd_endpoint, tmp_path, capsys):
         etcd_endpoint,
     ]
     assert await asyncio.to_thread(main, argv) == 0
-    assert f"revoked {issued['serial']} (root, client)" in capsys.readouterr().out
+    assert f"revoked {issued['serial']} (alice, client)" in capsys.readouterr().out
     assert await asyncio.to_thread(main, argv) == 1  # nothing live matches any more
     assert "no live certificate" in capsys.readouterr().err
     crl = await (await client.get(f"/api/v1/clusters/{token}/crl.pem")).text()

@@ -10,6 +10,7 @@ import pytest
 
 from discoverd import appkeys
 from discoverd.app import build_app
+from discoverd.directory.rules import cluster_label as label
 from discoverd.store import keys
 
 
@@ -60,7 +61,7 @@ async def test_enroll_a_peer_certificate(client, tmp_path):
     request = csr(
         tmp_path,
         "infra0",
-        f"IP:10.0.0.1,DNS:infra0.{token}.etcd.internal,DNS:{token}.etcd.internal",
+        f"IP:10.0.0.1,DNS:infra0.{label(token)}.etcd.internal,DNS:{label(token)}.etcd.internal",
     )
     response = await enroll(client, token, "infra0", request)
     assert response.status == 200, await response.text()
@@ -73,11 +74,12 @@ async def test_enroll_a_peer_certificate(client, tmp_path):
         "IP Address:127.0.0.1",
         "IP Address:0:0:0:0:0:0:0:1",
         "DNS:localhost",
-        f"DNS:infra0.{token}.etcd.internal",
+        f"DNS:infra0.{label(token)}.etcd.internal",
         "TLS Web Server Authentication, TLS Web Client Authentication",
         "CA:FALSE",
     ):
         assert expected in text, expected  # fmt: skip
+    assert token not in text  # the token is a secret: never in a certificate
     view = await (await client.get(f"/api/v1/clusters/{token}")).json()
     assert [(c["name"], c["profile"], c["revoked"]) for c in view["certificates"]] == [
         ("infra0", "peer", False)
@@ -132,7 +134,7 @@ BAD = [
     ({"name": "infra0", "csr": "{csrwild}", "profile": "peer"}, 400, "wildcard"),
     ({"name": "infra0", "csr": "{csrdns}", "profile": "peer"}, 400, "'example.com' is not allowed"),
     (
-        {"name": "root", "csr": "{csr}", "profile": "client"},
+        {"name": "alice", "csr": "{csr}", "profile": "client"},
         400,
         "client certificate carries no SANs",
     ),
@@ -145,7 +147,7 @@ async def test_refusals_name_the_problem(client, tmp_path, fields, status, reaso
     requests = {
         "{csr}": csr(tmp_path, "infra0", "IP:10.0.0.1"),
         "{csr8}": csr(tmp_path, "x8", "IP:8.8.8.8"),
-        "{csrwild}": csr(tmp_path, "xw", f"DNS:*.{token}.etcd.internal"),
+        "{csrwild}": csr(tmp_path, "xw", f"DNS:*.{label(token)}.etcd.internal"),
         "{csrdns}": csr(tmp_path, "xd", "DNS:example.com"),
     }
     body = {"token": token, **{k: requests.get(v, v) for k, v in fields.items()}}
@@ -291,7 +293,7 @@ async def test_client_identities_are_set_at_creation(client, tmp_path):
     token = await new_token(client, "size=1&clients=3")
     statuses = [
         (await enroll(client, token, user, csr(tmp_path, user), profile="client")).status
-        for user in ("root", "backup", "monitor", "extra")
+        for user in ("admin", "backup", "monitor", "extra")
     ]
     assert statuses == [200, 200, 200, 403]
     bad = await client.post("/new?size=3&clients=lots")

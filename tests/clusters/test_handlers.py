@@ -6,6 +6,7 @@ import pytest
 
 from discoverd.app import build_app
 from discoverd.directory import rules
+from discoverd.directory.rules import cluster_label as label
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
@@ -47,12 +48,12 @@ async def test_member_api_registers_create_only(client):
             "discovery_id": "8e9e05c52164694d",
         },
     ]
-    assert view["dns"]["domains"] == [f"{token}.etcd.internal"]
+    assert view["dns"]["domains"] == [f"{label(token)}.etcd.internal"]
     assert view["dns"]["srv"] == sorted(
         [
-            f"_etcd-server-ssl._tcp.{token}.etcd.internal",
-            f"_etcd-client-ssl._tcp.{token}.etcd.internal",
-            f"_etcd-server._tcp.{token}.etcd.internal",
+            f"_etcd-server-ssl._tcp.{label(token)}.etcd.internal",
+            f"_etcd-client-ssl._tcp.{label(token)}.etcd.internal",
+            f"_etcd-server._tcp.{label(token)}.etcd.internal",
         ]
     )
 
@@ -62,7 +63,7 @@ async def test_named_cluster(client):
     token = await new_token(client, f"size=3&name={name}")
     view = await (await client.get(f"/api/v1/clusters/{token}")).json()
     assert view["name"] == name
-    assert view["dns"]["domains"] == [f"{token}.etcd.internal", f"{name}.etcd.internal"]
+    assert view["dns"]["domains"] == [f"{label(token)}.etcd.internal", f"{name}.etcd.internal"]
     again = await client.post(f"/new?size=3&name={name}")
     assert again.status == 409
     assert "is taken" in (await again.json())["message"]
@@ -179,7 +180,7 @@ async def test_an_unpublishable_member_never_stops_dns(client):
     import dns.message
 
     reply = responder.respond(
-        dns.message.make_query(f"ok.{token_b}.etcd.internal", "A").to_wire(), tcp=False
+        dns.message.make_query(f"ok.{label(token_b)}.etcd.internal", "A").to_wire(), tcp=False
     )
     assert dns.message.from_wire(reply).answer
 
@@ -202,7 +203,7 @@ async def put_v2(client, token, value, member_id="8e9e05c52164694d"):
     [
         # `discoverd join` registers the node, and the etcd it set up registers itself.
         ("infra0", PEER, 200, 201),
-        ("INFRA0", PEER, 200, 201),  # the same name, case aside
+        ("INFRA0", PEER, 409, 412),  # the same node, but DNS would publish two spellings
         ("infra0", "http://6.6.6.6:2380", 409, 412),  # another node under infra0's name
     ],
 )

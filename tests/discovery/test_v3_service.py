@@ -324,3 +324,29 @@ async def test_many_waiting_streams_all_wake(client, channel):
         stream.cancel()
     health = await client.get("/health")
     assert health.status == 200
+
+
+async def test_pinging_clients_keep_their_idle_watch(client):
+    """clientv3 pings every 10 s even on an idle watch; grpc-core's default policy answers
+    GOAWAY "too_many_pings" after two pings closer than 5 min. A client pinging every 100 ms
+    (~40 pings, far past any strike limit) still gets its event on the same stream."""
+    port = client.server.app[appkeys.GRPC_PORT]
+    options = [
+        ("grpc.keepalive_time_ms", 100),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+    token = await new_token(client, 3)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
+        watch = rpc.WatchStub(channel).Watch()
+        create = pb.WatchCreateRequest(key=members_range(token).key, range_end=members_range(token).range_end)  # fmt: skip
+        await watch.write(pb.WatchRequest(create_request=create))
+        assert (await watch.read()).created
+        idle_until = asyncio.get_running_loop().time() + 4
+        while asyncio.get_running_loop().time() < idle_until:  # idle, while the pings go out
+            await asyncio.sleep(0.2)
+            assert channel.get_state() is grpc.ChannelConnectivity.READY
+        put = await rpc.KVStub(channel).Put(pb.PutRequest(key=prefix(token) + b"members/1", value=b"a=http://10.0.0.1:2380"))  # fmt: skip
+        event = await asyncio.wait_for(watch.read(), 10)
+        assert event.events[0].kv.create_revision == put.header.revision
+        watch.cancel()

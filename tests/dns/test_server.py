@@ -17,6 +17,7 @@ import dns.rcode
 import pytest
 
 from discoverd import appkeys
+from discoverd.directory.rules import cluster_label as label
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
@@ -42,28 +43,45 @@ async def udp(port: int, name: str, rdtype: str, **kwargs) -> dns.message.Messag
 
 async def test_v2_registrations_are_srv_records_at_once(client, dns_port):
     token = await new_cluster(client, members=0)
-    name = f"_etcd-server._tcp.{token}.etcd.internal"
+    name = f"_etcd-server._tcp.{label(token)}.etcd.internal"
     assert (await udp(dns_port, name, "SRV")).rcode() == dns.rcode.NXDOMAIN
     await client.put(f"/{token}/1", data="value=infra0=http://10.0.0.1:2380", headers=FORM)
     started = time.monotonic()
     reply = await udp(dns_port, name, "SRV")
     assert time.monotonic() - started < 1
-    assert [rr.to_text() for rr in reply.answer[0]] == [f"0 100 2380 infra0.{token}.etcd.internal."]
-    a = await udp(dns_port, f"infra0.{token}.etcd.internal", "A")
+    assert [rr.to_text() for rr in reply.answer[0]] == [
+        f"0 100 2380 infra0.{label(token)}.etcd.internal."
+    ]
+    a = await udp(dns_port, f"infra0.{label(token)}.etcd.internal", "A")
     assert [rr.to_text() for rr in a.answer[0]] == ["10.0.0.1"]
+
+
+async def test_the_token_is_never_a_dns_name(client, dns_port):
+    """#9: `--discovery-srv <token>.<zone>` sent the bearer secret to every resolver on the
+    way. A cluster is published under its label, a one-way hash of the token."""
+    token = await new_cluster(client, members=1)
+    domain = f"{label(token)}.etcd.internal"
+    assert label(token).startswith("c-") and token not in domain
+    srv = await udp(dns_port, f"_etcd-server._tcp.{domain}", "SRV")
+    assert [rr.to_text() for rr in srv.answer[0]] == [f"0 100 2380 infra0.{domain}."]
+    for name in (f"_etcd-server._tcp.{token}.etcd.internal", f"infra0.{token}.etcd.internal"):
+        assert (await udp(dns_port, name, "SRV")).rcode() == dns.rcode.NXDOMAIN
+    view = await (await client.get(f"/api/v1/clusters/{token}")).json()
+    assert view["dns"]["domains"] == [domain]
+    assert token not in str(view["dns"])
 
 
 async def test_member_api_publishes_client_srv(client, dns_port):
     token = await new_cluster(client, members=0)
     body = {"peer_urls": ["https://10.0.0.7:2380"], "client_urls": ["https://10.0.0.7:2379"]}
     await client.put(f"/api/v1/clusters/{token}/members/infra7", json=body)
-    reply = await udp(dns_port, f"_etcd-client-ssl._tcp.{token}.etcd.internal", "SRV")
+    reply = await udp(dns_port, f"_etcd-client-ssl._tcp.{label(token)}.etcd.internal", "SRV")
     assert [rr.port for rr in reply.answer[0]] == [2379]
 
 
 async def test_tcp_answers_pipelined_queries_in_order(client, dns_port):
     token = await new_cluster(client)
-    names = [f"infra{i}.{token}.etcd.internal" for i in range(3)]
+    names = [f"infra{i}.{label(token)}.etcd.internal" for i in range(3)]
     queries = [dns.message.make_query(name, "A") for name in names]
     reader, writer = await asyncio.open_connection("127.0.0.1", dns_port)
     writer.write(b"".join(struct.pack("!H", len(w)) + w for w in (q.to_wire() for q in queries)))
@@ -93,7 +111,7 @@ async def test_dig_sees_an_authoritative_answer(client, dns_port):
                 "@127.0.0.1",
                 transport,
                 "+norecurse",
-                f"_etcd-server._tcp.{token}.etcd.internal",
+                f"_etcd-server._tcp.{label(token)}.etcd.internal",
                 "SRV",
             ],
             capture_output=True,
@@ -122,7 +140,7 @@ async def test_garbage_never_stops_the_server(client, dns_port):
     writer.write(b"\x00\x05hello")  # a short, malformed TCP message
     await writer.drain()
     writer.close()
-    reply = await udp(dns_port, f"_etcd-server._tcp.{token}.etcd.internal", "SRV")
+    reply = await udp(dns_port, f"_etcd-server._tcp.{label(token)}.etcd.internal", "SRV")
     assert len(reply.answer[0]) == 3
 
 
@@ -133,14 +151,14 @@ async def test_expired_token_leaves_dns(client, dns_port):
     gateway = client.server.app[appkeys.GATEWAY]
     await gateway.call(lambda c: c.post(c.get_url("/kv/lease/revoke"), json={"ID": cluster.lease}))
     deadline = time.monotonic() + 5
-    while (await udp(dns_port, f"{token}.etcd.internal", "A")).rcode() != dns.rcode.NXDOMAIN:
+    while (await udp(dns_port, f"{label(token)}.etcd.internal", "A")).rcode() != dns.rcode.NXDOMAIN:
         assert time.monotonic() < deadline
         await asyncio.sleep(0.05)
 
 
 async def test_dns_counters_are_exported(client, dns_port):
     token = await new_cluster(client)
-    await udp(dns_port, f"_etcd-server._tcp.{token}.etcd.internal", "SRV")
+    await udp(dns_port, f"_etcd-server._tcp.{label(token)}.etcd.internal", "SRV")
     await udp(dns_port, "example.com", "A")
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.sendto(b"\x00", ("127.0.0.1", dns_port))  # too short to answer: dropped

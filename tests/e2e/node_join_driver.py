@@ -44,6 +44,7 @@ from typing import Any
 
 import yaml
 
+from discoverd.directory.rules import cluster_label
 from discoverd.store.embedded import EmbeddedEtcd, _die_with_parent, etcd_binary
 from tests.support import DiscoverdProcess, wait_until
 
@@ -491,7 +492,7 @@ def main(
         result["etcd_env"] = {node.host: node.etcd_env() for node in members}
         result["etcdctl_env"] = {node.host: node.etcdctl_env() for node in members}
         result["out_files"] = {node.host: sorted(snapshot(node.out)) for node in members}
-        domain = f"{token}.etcd.internal"
+        domain = f"{cluster_label(token)}.etcd.internal"
         resolved = run(in_host("h1", "getent", "hosts", f"h2.{domain}"))
         result["resolved_h2_in_h1"] = resolved.stdout.split()[:1]
 

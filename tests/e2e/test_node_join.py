@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from discoverd.directory.rules import cluster_label
 from discoverd.store.embedded import etcd_binary
 
 pytestmark = pytest.mark.e2e
@@ -109,7 +110,10 @@ def test_cloud_init_nodes_join_and_etcd_starts_from_its_env_file(tmp_path, mode,
             assert env["ETCD_DISCOVERY"] == outcome["new"]["discovery_url"], why
             assert "ETCD_DISCOVERY_SRV" not in env, why
         else:
-            assert env["ETCD_DISCOVERY_SRV"] == f"{outcome['new']['token']}.etcd.internal", why
+            assert (
+                env["ETCD_DISCOVERY_SRV"]
+                == f"{cluster_label(outcome['new']['token'])}.etcd.internal"
+            ), why
             assert "ETCD_DISCOVERY" not in env, why
         assert outcome["etcdctl_env"][host]["ETCDCTL_ENDPOINTS"].startswith("https://"), why
     # etcd ran as the unit's User= when that user exists (it reads the keys the join chowned)
@@ -124,7 +128,8 @@ def test_cloud_init_nodes_join_and_etcd_starts_from_its_env_file(tmp_path, mode,
     # with --discovery-srv, etcd names its peers by the SRV targets (which the peer certs carry)
     hosts = [f"10.77.0.1{n}" for n in (1, 2, 3)]
     if mode == "srv":
-        hosts = [f"{host}.{outcome['new']['token']}.etcd.internal" for host in MEMBERS]
+        domain = f"{cluster_label(outcome['new']['token'])}.etcd.internal"
+        hosts = [f"{host}.{domain}" for host in MEMBERS]
     assert listing["peer_urls"] == [f"https://{host}:2380" for host in hosts], why
     assert listing["learners"] == [], why
     assert outcome["put"]["rc"] == 0 and outcome["put"]["stdout"] == "OK", why

@@ -211,7 +211,7 @@ def tls_cluster(
     # Nothing is revoked yet, but the file must exist and parse: etcd fails closed, refusing
     # every client that presents a certificate when it cannot read its --client-crl-file.
     write_atomically(crl, pki.crl())
-    root = pki.issue("root", "client")
+    root = pki.issue("admin", "client")  # (etcd's root needs a cluster made with /new?root=1)
     group = []
     for name in NAMES:
         host = members.loopback.next_host()  # this test's own 127.0.N.0/24, checked bindable
@@ -308,7 +308,7 @@ def test_client_certificate_of_another_cluster_is_refused(
     cluster = tls_cluster
     other = Enroller(cluster.server, tmp_path / "other-pki")
     assert other.ca.read_text() != cluster.pki.ca.read_text()
-    stranger = other.issue("root", "client")  # the same name, but another cluster's CA
+    stranger = other.issue("admin", "client")  # the same name, but another cluster's CA
 
     refused = etcdctl(
         cluster.pki.ca, stranger, cluster.endpoints, "get", "greeting",

@@ -202,3 +202,18 @@ def test_member_name_claims_are_not_part_of_the_view():
     assert keys.member_name(TOKEN, "Infra0").endswith("/names/infra0")
     cluster = registry.cluster(TOKEN)
     assert cluster is not None and cluster.members == () and cluster.api_members == ()
+
+
+def named_kv(token: str, revision: int, name: str) -> KeyValue:
+    value = ClusterConfig(size=3, created_at=0, name=name).model_dump_json().encode()
+    return KeyValue(keys.cluster_config(token), value, revision, revision, 7)
+
+
+def test_live_clusters_are_found_by_name():
+    registry = Registry()
+    registry.reset([named_kv(TOKEN, 2, "prod"), config_kv(OTHER, 3)], revision=3)
+    assert registry.named("prod") == TOKEN and registry.named("web") is None
+    registry.apply([put(named_kv(OTHER, 4, "web"))], revision=4)  # (a config rewritten)
+    assert registry.named("web") == OTHER
+    registry.apply([Event(deleted=True, kv=named_kv(TOKEN, 5, "prod"))], revision=5)
+    assert registry.named("prod") is None and registry.named("web") == OTHER

@@ -58,7 +58,12 @@ async def new_token(request: web.Request) -> web.Response:
         raise Invalid(
             "clients must be a whole number (client certificate names)", cause=clients[:16]
         )
-    token = await service.new_token(size, name, cidrs, dns, int(clients) if clients else None)
+    root = params.get("root", "0")
+    if root not in ("0", "1"):
+        raise Invalid("root must be 1 (a client certificate may name etcd's root) or 0")
+    token = await service.new_token(
+        size, name, cidrs, dns, int(clients) if clients else None, allow_root=root == "1"
+    )
     app[appkeys.METRICS].tokens_created.inc()
     return web.Response(text=f"{app[appkeys.SETTINGS].base_url}/{token}")
 
