@@ -4,6 +4,8 @@ v3 registration (the cluster API, DNS SRV and A)."""
 
 from __future__ import annotations
 
+import re
+
 import dns.message
 import dns.query
 import dns.rdatatype
@@ -64,9 +66,10 @@ def test_three_members_bootstrap_and_show_in_the_api_and_dns(
     assert (
         f"--discovery-endpoints={module_discoverd.grpc_endpoint}" in view["discovery_v3"]["flags"]
     )
-    # DNS: SRV per peer URL, target <name>.<domain> with the A of the member's address.
-    domain = f"{token}.etcd.internal"
-    assert view["dns"]["domains"][0] == domain
+    # DNS: SRV per peer URL, target <name>.<domain> with the A of the member's address; the
+    # domain is the cluster's label (c- and 16 hex), never the token (a bearer secret).
+    domain = view["dns"]["domains"][0]
+    assert re.fullmatch(r"c-[0-9a-f]{16}\.etcd\.internal", domain), domain
     expected_srv = sorted(f"0 100 {m.peer_port} {m.name}.{domain}." for m in group)
     srv_name = f"_etcd-server._tcp.{domain}"
     wait_for(
