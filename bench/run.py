@@ -21,7 +21,8 @@ but them; `--v3-only` only 12 to 14, `--skip-v3` all but them):
                during one more, unscored, enrollment load
  12. v3 boot   3 and 5 stock etcd 3.7 members through discoverd's v3 face, and through a real
                etcd 3.7 as the discovery endpoint, the anchor (bench.v3; needs `make etcd-test`)
- 13. v3 watch  N waiting Watch streams (grpc.aio): server RSS, then wake-all latency
+ 13. v3 watch  N waiting Watch streams (grpc.aio): server RSS, then wake-all latency, on
+               discoverd and on the real etcd 3.7
  14. v3 range  KV/Range on a size key from a grpc.aio driver process, on discoverd and on the
                real etcd 3.7
 
@@ -300,8 +301,8 @@ class _Phases:
                 lambda: v3mod.bootstrap(self.stack, anchor, self.scratch, _say),
             )
             plan["watches"] = await self._run(
-                f"{self.count:,} v3 watch streams on one token",
-                lambda: v3mod.watches(self.stack, self.count, _say),
+                f"{self.count:,} v3 watch streams on one token: discoverd, then etcd",
+                lambda: v3mod.watches(self.stack, anchor, self.count, _say),
             )
             plan["range"] = await self._run(
                 "KV/Range on a size key: discoverd, then etcd",

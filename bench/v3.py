@@ -5,9 +5,10 @@
              endpoint with the size key put by etcdctl (etcd's own recommended setup): wall
              time from the first member's start until every member's /health is true, median
              of `BOOT_RUNS`. Both sides pay the same etcd process starts.
-  watches    N waiting Watch streams (grpc.aio, `bench.v3load`) on one token on the one
-             discoverd process: its RSS while they wait, then the time from the moment the
-             last registration's Put was sent until each stream saw it.
+  watches    N waiting Watch streams (grpc.aio, `bench.v3load`, over 100 connections) on one
+             token on the one discoverd process, then the same on the real etcd 3.7: the
+             server's RSS while they wait, then 3 registrations back to back and the time from
+             the moment the last one's Put was sent until each stream saw it.
   range      KV/Range on a size key, back to back from a separate driver process
              (`python -m bench.v3load range`), on discoverd and on the real etcd 3.7.
 
@@ -34,6 +35,8 @@ import grpc
 from bench import v3load
 from bench.process import run_output
 from bench.servers import Stack, cpu_seconds, rss_kb
+from discoverd.discovery.v3.pb import discovery_pb2 as pb
+from discoverd.discovery.v3.pb import discovery_pb2_grpc as stubs
 from tests.binaries import BUILT, ETCD_CACHE
 from tests.e2e.conftest import Loopback, Members, V3Discovery, built_etcd
 from tests.e2e.v3support import ReferenceDiscovery
@@ -47,6 +50,7 @@ BOOT_TIMEOUT = 60.0
 RANGE_CONCURRENCY = 64
 RANGE_CHANNELS = 8
 WATCH_CHANNELS = 100
+PUT_TIMEOUT = 30.0
 LOOPBACK_THIRD = 200 + os.getpid() % 50  # tests start at 1 + pid % 100: apart from them
 Say = Callable[[str], None]
 
@@ -122,32 +126,44 @@ def _boot_once(stack: Stack, anchor: Anchor, side: str, size: int, workdir: Path
 # -- watch streams ----------------------------------------------------------------------------
 
 
-async def watches(stack: Stack, count: int, say: Say) -> dict[str, Any]:
-    target = _grpc_target(stack)
-    token = await asyncio.to_thread(_new_token, stack, 3)
+async def watches(stack: Stack, anchor: Anchor, count: int, say: Say) -> dict[str, Any]:
+    """The same streams and registrations on discoverd, then on the real etcd 3.7."""
+    ours = await asyncio.to_thread(_new_token, stack, 3)
+    theirs = (await asyncio.to_thread(anchor.discovery.new, 3)).token
+    found: dict[str, Any] = {}
+    for side, target, token, pid in (
+        ("discoverd", _grpc_target(stack), ours, stack.pid),
+        ("etcd", anchor.discovery.endpoint, theirs, anchor.pid),
+    ):
+        say(f"  {count:,} streams on {side}")
+        found[side] = await _watch_side(target, token, pid, count, say)
+    return found
+
+
+async def _watch_side(target: str, token: str, pid: int, count: int, say: Say) -> dict[str, Any]:
     prefix = f"/_etcd/registry/{token}/members".encode()
     size_key = f"/_etcd/registry/{token}/_config/size".encode()
-    before = rss_kb(stack.pid)["VmRSS"]
+    before = rss_kb(pid)["VmRSS"]
     async with grpc.aio.insecure_channel(target) as channel:
-        kv = v3load.stubs.KVStub(channel)
-        header = (await kv.Range(v3load.pb.RangeRequest(key=size_key), timeout=10)).header
+        kv = stubs.KVStub(channel)  # type: ignore[no-untyped-call]
+        header = (await kv.Range(pb.RangeRequest(key=size_key), timeout=10)).header
         ids = [f"{0xBE0C0000 + n:x}" for n in (1, 2, 3)]
 
         async def register() -> tuple[float, float]:
-            """Three registrations, one after the other: (when the last Put was sent, when
-            it was acknowledged). Streams may see it before its acknowledgement."""
+            """Three registrations, one after the other, as 3 members starting at once do:
+            (when the last Put was sent, when it was acknowledged)."""
             sent = acked = 0.0
             for n, member in enumerate(ids, 1):
                 key = prefix + b"/" + member.encode()
                 value = f"w{n}=http://127.0.0.1:{2380 + n}".encode()
                 sent = time.perf_counter()
-                await kv.Put(v3load.pb.PutRequest(key=key, value=value), timeout=10)
+                await kv.Put(pb.PutRequest(key=key, value=value), timeout=PUT_TIMEOUT)
                 acked = time.perf_counter()
             return sent, acked
 
         def held() -> dict[str, Any]:
-            rss = rss_kb(stack.pid)
-            say(f"  {count:,} streams open: discoverd RSS {rss['VmRSS'] / 1024:.0f} MB")
+            rss = rss_kb(pid)
+            say(f"    all open: server RSS {rss['VmRSS'] / 1024:.0f} MB")
             return {"rss_mb": round(rss["VmRSS"] / 1024, 1)}
 
         found = await v3load.watch_streams(
@@ -161,7 +177,9 @@ async def watches(stack: Stack, count: int, say: Say) -> dict[str, Any]:
             held,
         )
     found["rss_before_mb"] = round(before / 1024, 1)
-    found["rss_peak_mb"] = round(rss_kb(stack.pid)["VmHWM"] / 1024, 1)
+    found["rss_peak_mb"] = round(rss_kb(pid)["VmHWM"] / 1024, 1)
+    wake = found.get("wake", {})
+    say(f"    wake-all p50 / max {wake.get('p50_ms', 0):.0f} / {wake.get('max_ms', 0):.0f} ms")
     return found
 
 
@@ -211,4 +229,4 @@ def _grpc_target(stack: Stack) -> str:
 def _new_token(stack: Stack, size: int) -> str:
     request = urllib.request.Request(f"{stack.url}/new?size={size}", method="POST")
     with urllib.request.urlopen(request, timeout=10) as response:  # loopback only
-        return response.read().decode().rsplit("/", 1)[1]
+        return str(response.read().decode().rsplit("/", 1)[1])

@@ -53,7 +53,7 @@ async def range_load(
     target: str, key: bytes, duration: float, concurrency: int, channels: int
 ) -> dict[str, Any]:
     open_channels = channels_to(target, channels)
-    kv = [stubs.KVStub(channel) for channel in open_channels]
+    kv = [stubs.KVStub(channel) for channel in open_channels]  # type: ignore[no-untyped-call]
     request = pb.RangeRequest(key=key)
     latencies: list[float] = []
     errors: dict[str, int] = {}
@@ -127,7 +127,7 @@ async def watch_streams(
     registration was sent and when it was acknowledged); then wait until every stream saw
     `awaited`. Wake latencies count from the send."""
     open_channels = channels_to(target, channels)
-    watch = [stubs.WatchStub(channel) for channel in open_channels]
+    watch = [stubs.WatchStub(channel) for channel in open_channels]  # type: ignore[no-untyped-call]
     create = pb.WatchRequest(
         create_request=pb.WatchCreateRequest(
             key=prefix, range_end=_prefix_end(prefix), start_revision=start_revision

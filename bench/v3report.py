@@ -47,25 +47,41 @@ def _bootstrap(boot: dict[str, Any]) -> list[dict[str, Any]]:
 def _watches(watches: dict[str, Any]) -> list[dict[str, Any]]:
     if "error" in watches:
         return [_row("v3 watch streams: failed", watches["error"][:80], "", "", met=False)]
-    if "held" not in watches:
-        return []
-    count, created = watches["target"], watches["created"]
-    rss = watches["held"]["rss_mb"]
-    added = rss - watches["rss_before_mb"]
-    wake = watches["wake"]
-    woken, within = watches["woken"], watches["woken_within_1s"]
+    ours, theirs = watches.get("discoverd", {}), watches.get("etcd", {})
+    if "held" not in ours:
+        return [_row("v3 watch streams: failed", str(ours)[:80], "", "", met=False)]
+    count, created = ours["target"], ours["created"]
+    rss = ours["held"]["rss_mb"]
+    wake = ours.get("wake", {})
+    within, woken = ours.get("woken_within_1s", 0), ours.get("woken", 0)
+    anchor_rss = anchor_wake = "—"
+    if "held" in theirs:
+        anchor_rss = f"{theirs['held']['rss_mb']:.0f} MB (etcd 3.7, same streams)"
+        w = theirs.get("wake", {})
+        anchor_wake = (
+            f"{w.get('p50_ms', 0):.0f} / {w.get('max_ms', 0):.0f} ms "
+            f"({theirs.get('woken_within_1s', 0):,} within 1 s)"
+        )
+        if w.get("max_ms"):
+            ratio = f", {wake.get('max_ms', 0) / w['max_ms']:.1f}{TIMES} etcd"
+        else:
+            ratio = ""
+    else:
+        ratio = ""
     return [
         _row(
             f"{created:,} / {count:,} v3 watch streams: server RSS",
-            f"{rss:.0f} MB (+{added:.0f} MB for the streams)",
-            "—",
+            f"{rss:.0f} MB (+{rss - ours['rss_before_mb']:.0f} MB for the streams)",
+            anchor_rss,
             f"< {RSS_TARGET_MB:.0f} MB",
             met=rss < RSS_TARGET_MB and created == count,
         ),
         _row(
-            f"v3 wake-all of {created:,} streams after the last registration (p50 / max)",
-            f"{wake['p50_ms']:.0f} / {wake['max_ms']:.0f} ms ({within:,} of {woken:,} within 1 s)",
-            "—",
+            f"v3 wake-all of {created:,} streams from the last registration's send (p50 / max)",
+            f"{wake.get('p50_ms', 0):.0f} / {wake.get('max_ms', 0):.0f} ms ({within:,} of "
+            f"{woken:,} within 1 s{ratio}; last Put acknowledged after "
+            f"{ours.get('last_put_ms', 0):.0f} ms)",
+            anchor_wake,
             f"all within {WAKE_TARGET_MS:.0f} ms",
             met=woken == created == within,
         ),
