@@ -72,7 +72,7 @@ proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
 	rm -f discoverd/discovery/v3/pb/mvcc_pb2_grpc.py
 
-bench: $(STAMP) apt-bench
+bench: $(STAMP) apt-bench etcd-test
 	$(BIN)/python -m bench $(ARGS)
 
 clean:
