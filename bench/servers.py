@@ -114,6 +114,8 @@ class Stack(ManagedProcess):
             self.dns_port = free_dns_port()
             self.command += ["--dns-listen", f"127.0.0.1:{self.dns_port}"]
             self.command += ["--dns-zone", self.dns_zone]
+        if "--dns-rate" in flags:  # dnsperf is one source: the per-source limit would cap it
+            self.command += ["--dns-rate", "0"]
         if "--grpc-listen" in flags:  # likewise for the v3 discovery face
             self.grpc_port = free_port()
             self.command += ["--grpc-listen", f"127.0.0.1:{self.grpc_port}"]

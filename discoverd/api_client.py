@@ -11,7 +11,7 @@ import json
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 BACKOFF_START = 0.5
@@ -31,6 +31,7 @@ class ApiClient:
     server: str
     deadline: float  # time.monotonic() after which retries stop
     request_timeout: float = 10.0
+    headers: dict[str, str] = field(default_factory=dict)  # sent with every request
 
     def get_json(self, path: str) -> Any:
         return json.loads(self.call("GET", path))
@@ -45,7 +46,7 @@ class ApiClient:
         url = self.server.rstrip("/") + path
         delay = BACKOFF_START
         while True:
-            request = urllib.request.Request(url, data=data, method=method)  # noqa: S310
+            request = urllib.request.Request(url, data=data, method=method, headers=self.headers)  # noqa: S310
             if data is not None:
                 request.add_header("Content-Type", "application/json")
             try:

@@ -8,7 +8,7 @@ Resources start in this order and stop in reverse (aiohttp `cleanup_ctx`):
     registry  the in-memory view, its watch thread and probe  -> REGISTRY
     services  the directory, the cluster service, the CA    -> DIRECTORY, CLUSTERS, AUTHORITY
     grpc      the v3 discovery face (gRPC) on --grpc-listen   -> GRPC_PORT
-    dns       the zone, fed by registry changes; UDP+TCP      -> DNS_RESPONDER, DNS_SERVER
+    dns       the zone, fed by registry changes; UDP+TCP      -> DNS_ZONE, DNS_RESPONDER, DNS_SERVER
 
 Long-poll waits are released on shutdown, so a stopping replica answers them with an empty 200
 (etcd's client polls again) instead of holding the shutdown for --wait-timeout; v3 watch streams
@@ -25,6 +25,8 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from discoverd import appkeys, middlewares, ops
+from discoverd.admin import auth as admin_auth
+from discoverd.admin import handlers as admin_handlers
 from discoverd.certs import handlers as cert_handlers
 from discoverd.certs import servicekey
 from discoverd.certs.authority import Authority
@@ -35,14 +37,16 @@ from discoverd.directory.service import Directory, Limits
 from discoverd.discovery.v2 import handlers as v2_handlers
 from discoverd.discovery.v3 import server as v3_server
 from discoverd.discovery.v3.service import DiscoveryV3
+from discoverd.dns.rrl import SourceLimiter
 from discoverd.dns.server import DnsServer
 from discoverd.dns.view import published
 from discoverd.dns.wire import Responder
-from discoverd.dns.zone import Zone
+from discoverd.dns.zone import MAX_RECORDS, Zone
 from discoverd.listener import Shutdown
 from discoverd.logs import fingerprint
 from discoverd.metrics import Metrics
 from discoverd.ratelimit import RateLimiter
+from discoverd.startup import StartupError
 from discoverd.store.access import EtcdAccess
 from discoverd.store.certificates import CertificateStore
 from discoverd.store.clusters import ClusterStore
@@ -66,12 +70,15 @@ def build_app(settings: Settings) -> web.Application:
     app[appkeys.NEW_LIMITER] = RateLimiter(
         settings.new_rate,
         settings.new_burst,
-        trusted_proxies=settings.trusted_proxies,
+        trusted_proxies=settings.trusted_proxy,
         per_hour=settings.new_per_hour,
     )
     app.cleanup_ctx.extend([etcd_ctx, gateway_ctx, registry_ctx, services_ctx, grpc_ctx, dns_ctx])
     app.on_shutdown.append(_release_waits)
+    if settings.admin_token_file is not None:
+        app[appkeys.ADMIN_TOKEN] = admin_auth.load_token(settings.admin_token_file)
     ops.setup_routes(app)
+    admin_handlers.setup_routes(app, settings.route_prefix)  # before the token routes
     cluster_handlers.setup_routes(app, settings.route_prefix)
     cert_handlers.setup_routes(app, settings.route_prefix)
     v2_handlers.setup_routes(app, settings.route_prefix)
@@ -215,26 +222,46 @@ async def dns_ctx(app: web.Application) -> AsyncIterator[None]:
     registry = app[appkeys.REGISTRY]
     ns_address = specific_address(settings.dns_listen.host)
     zone = Zone(settings.dns_zone, [ns_address] if ns_address else [])
-    responder = Responder(zone.lookup)
-    app[appkeys.METRICS].watch_dns(responder)
+    # Until the view has read etcd (and while it is stale), answer SERVFAIL, never NXDOMAIN.
+    responder = Responder(zone.lookup, ready=lambda: registry.synced)
+    limiter = SourceLimiter(settings.dns_rate)
 
     def follow(tokens: frozenset[str]) -> None:
+        """One registry change: O(records of the changed clusters), nothing else is touched."""
+        changed: set[bytes] = set()
         for token in tokens:
             cluster = registry.cluster(token)
             try:
-                zone.set_cluster(token, published(cluster) if cluster else None, registry.revision)
+                changed |= zone.set_cluster(
+                    token, published(cluster) if cluster else None, registry.revision
+                )
             except Exception:  # one unpublishable cluster must not stop the others
                 logger.exception("cluster %s… left out of DNS", fingerprint(token))
-                zone.set_cluster(token, None, registry.revision)
-        responder.invalidate()
+                changed |= zone.set_cluster(token, None, registry.revision)
+            domain = zone.domain(token)
+            if domain is not None and domain.omitted:
+                logger.warning(
+                    "cluster %s…: %d members left out of DNS (over %d records)",
+                    fingerprint(token), domain.omitted, MAX_RECORDS,
+                )  # fmt: skip
+        if changed:
+            responder.invalidate(changed)
 
     follow(registry.tokens())
     registry.add_listener(follow)
-    server = DnsServer(responder, settings.dns_listen.host, settings.dns_listen.port)
-    await server.start()
+    server = DnsServer(responder, settings.dns_listen.host, settings.dns_listen.port, limiter)
+    app[appkeys.METRICS].watch_dns(responder, limiter, server)
+    try:
+        await server.start()
+    except OSError as exc:
+        await server.stop()
+        raise StartupError(
+            f"cannot listen for DNS on {settings.dns_listen} (udp+tcp): {exc.strerror or exc}"
+        ) from None
     logger.info("DNS for %s on %s (udp+tcp)", settings.dns_zone, server.address)
     app[appkeys.DNS_RESPONDER] = responder
     app[appkeys.DNS_SERVER] = server
+    app[appkeys.DNS_ZONE] = zone
     try:
         yield
     finally:

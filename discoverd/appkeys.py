@@ -10,6 +10,7 @@ from discoverd.config import Settings
 from discoverd.directory.service import Directory
 from discoverd.dns.server import DnsServer
 from discoverd.dns.wire import Responder
+from discoverd.dns.zone import Zone
 from discoverd.listener import Shutdown
 from discoverd.metrics import Metrics
 from discoverd.ratelimit import RateLimiter
@@ -29,3 +30,5 @@ DNS_RESPONDER = web.AppKey("dns_responder", Responder)
 DNS_SERVER = web.AppKey("dns_server", DnsServer)
 GRPC_PORT = web.AppKey("grpc_port", int)
 SHUTDOWN = web.AppKey("shutdown", Shutdown)
+ADMIN_TOKEN = web.AppKey("admin_token", str)
+DNS_ZONE = web.AppKey("dns_zone", Zone)

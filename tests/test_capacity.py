@@ -34,6 +34,13 @@ async def test_live_tokens_are_capped(aiohttp_client, private_etcd, tmp_path):
     client = await aiohttp_client(build_app(settings_for(private_etcd, tmp_path, max_tokens=3)))
     for _ in range(3):
         assert (await client.post("/new?size=3")).status == 200
+    # The cap counts the tokens this replica's view holds, and /new does not wait for the view.
+    registry = client.server.app[appkeys.REGISTRY]
+    for _ in range(3000):
+        if len(registry) >= 3:
+            break
+        await asyncio.sleep(0.01)
+    assert len(registry) == 3
     full = await client.post("/new?size=3")
     assert full.status == 503
     assert "maximum of 3 live tokens" in (await full.json())["message"]

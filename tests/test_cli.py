@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+from pathlib import Path
 
 import pytest
 
-from discoverd.cli import main
+from discoverd.cli import _SERVE_FLAGS, main, parser, settings_from
+from discoverd.config import Settings
 from discoverd.directory.rules import cluster_label as label
 from discoverd.store.embedded import free_port
+from tests.store.secure_etcd import Pki
 
 
 @pytest.mark.parametrize(
@@ -69,3 +72,77 @@ async def test_new_allows_etcds_root_only_when_asked(client, capsys, tmp_path, f
     assert await asyncio.to_thread(main, ["new", "-q", *flags, "--server", server]) == 0
     token = capsys.readouterr().out.strip().rsplit("/", 1)[1]
     assert (await enroll(client, token, "root", csr(tmp_path, "root"), "client")).status == status
+
+
+# A valid, non-default value for each serve flag, and the flags it needs beside it ({pki},
+# {tmp}: real files made by the fixtures). A new flag must be added here: the test below fails
+# for a flag without a sample.
+HTTPS = ("--etcd", "https://127.0.0.1:2379")
+SAMPLES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "--listen": ("127.0.0.1:9999", ()),
+    "--public-url": ("https://disco.example.com/d", ()),
+    "--etcd": ("http://10.0.0.9:2379,http://10.0.0.10:2379", ()),
+    "--grpc-listen": ("127.0.0.1:9998", ()),
+    "--grpc-public-endpoints": ("disco.example.com:2379", ()),
+    "--grpc-cert": ("/etc/d/grpc.pem", ("--grpc-key", "/etc/d/grpc-key.pem")),
+    "--grpc-key": ("/etc/d/grpc-key.pem", ("--grpc-cert", "/etc/d/grpc.pem")),
+    "--etcd-cacert": ("{pki}/ca.pem", HTTPS),
+    "--etcd-cert": ("{pki}/client.pem", ("--etcd-key", "{pki}/client-key.pem", *HTTPS)),
+    "--etcd-key": ("{pki}/client-key.pem", ("--etcd-cert", "{pki}/client.pem", *HTTPS)),
+    "--etcd-user": ("discoverd", ("--etcd-password", "s3cret", *HTTPS)),
+    "--etcd-password": ("s3cret", ("--etcd-user", "discoverd", *HTTPS)),
+    "--etcd-password-file": ("{tmp}/password", ("--etcd-user", "discoverd", *HTTPS)),
+    "--dns-listen": ("127.0.0.1:9997", ()),
+    "--dns-zone": ("disco.example.org", ()),
+    "--dns-rate": ("20", ()),
+    "--data-dir": ("/var/lib/discoverd", ()),
+    "--token-ttl": ("2d", ()),
+    "--max-size": ("7", ()),
+    "--wait-timeout": ("20s", ()),
+    "--retry-window": ("5m", ()),
+    "--new-rate": ("5", ()),
+    "--new-burst": ("9", ()),
+    "--new-per-hour": ("50", ()),
+    "--max-tokens": ("500", ()),
+    "--trusted-proxy": ("10.0.0.0/8,192.168.0.0/16", ()),
+    "--etcd-timeout": ("3s", ()),
+    "--cert-ttl": ("30d", ()),
+    "--service-key-file": ("/etc/d/service.key", ()),
+    "--etcd-binary": ("/usr/bin/etcd", ()),
+    "--log-level": ("debug", ()),
+    "--log-format": ("text", ()),
+    "--admin-token-file": ("/etc/d/admin.token", ()),
+}
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory with ca.pem, client.pem and client-key.pem (real PEM files)."""
+    return Pki.make(tmp_path_factory.mktemp("pki")).directory
+
+
+def _variable(flag: str) -> str:
+    return "DISCOVERD_" + flag.removeprefix("--").upper().replace("-", "_")
+
+
+@pytest.mark.parametrize("flag", list(_SERVE_FLAGS))
+def test_every_serve_flag_is_also_read_from_its_variable(flag, monkeypatch, pki, tmp_path):
+    """The README's one rule: `--some-flag` is also read from DISCOVERD_SOME_FLAG."""
+    for name in list(os.environ):
+        if name.startswith("DISCOVERD_"):
+            monkeypatch.delenv(name)
+    assert flag in SAMPLES, f"add a sample value for {flag} to SAMPLES"
+    field = _SERVE_FLAGS[flag][0]
+    assert field == flag.removeprefix("--").replace("-", "_"), "the flag names the field"
+    (tmp_path / "password").write_text("s3cret\n")
+    value, *companions = (
+        text.format(pki=pki, tmp=tmp_path) for text in (SAMPLES[flag][0], *SAMPLES[flag][1])
+    )
+    default = getattr(Settings(), field)
+    from_flags = settings_from(parser().parse_args(["serve", flag, value, *companions]))
+    for companion, companion_value in zip(companions[::2], companions[1::2], strict=True):
+        monkeypatch.setenv(_variable(companion), companion_value)
+    monkeypatch.setenv(_variable(flag), value)
+    from_env = settings_from(parser().parse_args(["serve"]))
+    assert getattr(from_flags, field) != default, "the sample must not be the default"
+    assert getattr(from_env, field) == getattr(from_flags, field)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from pydantic import ValidationError
 
-from discoverd.config import HostPort, Settings, parse_duration
+from discoverd.config import HostPort, Settings, deprecated_variables, parse_duration
 
 
 @pytest.mark.parametrize(
@@ -100,3 +102,41 @@ def test_public_url_path_becomes_the_route_prefix():
     settings = Settings(public_url="https://bootstrap.example.com/discovery/")
     assert settings.base_url == "https://bootstrap.example.com/discovery"
     assert settings.route_prefix == "/discovery"
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    for name in list(os.environ):
+        if name.startswith("DISCOVERD_"):
+            monkeypatch.delenv(name)
+    return monkeypatch
+
+
+@pytest.mark.parametrize(
+    ("environ", "proxies", "warned"),
+    [
+        ({"DISCOVERD_TRUSTED_PROXY": "10.0.0.0/8"}, ("10.0.0.0/8",), False),
+        ({"DISCOVERD_TRUSTED_PROXIES": "10.0.0.0/8"}, ("10.0.0.0/8",), True),  # deprecated
+        (
+            {"DISCOVERD_TRUSTED_PROXY": "10.1.0.0/16", "DISCOVERD_TRUSTED_PROXIES": "10.0.0.0/8"},
+            ("10.1.0.0/16",),
+            True,
+        ),
+    ],
+)
+def test_the_old_plural_trusted_proxies_still_reads_with_a_warning(
+    clean_env, environ, proxies, warned
+):
+    for name, value in environ.items():
+        clean_env.setenv(name, value)
+    assert Settings().trusted_proxy == proxies
+    warnings = deprecated_variables()
+    assert bool(warnings) is warned
+    if warned:
+        assert "DISCOVERD_TRUSTED_PROXIES is deprecated" in warnings[0]
+        assert "use DISCOVERD_TRUSTED_PROXY" in warnings[0]
+
+
+def test_a_flag_wins_over_the_deprecated_variable(clean_env):
+    clean_env.setenv("DISCOVERD_TRUSTED_PROXIES", "10.0.0.0/8")
+    assert Settings(trusted_proxy="192.168.0.0/16").trusted_proxy == ("192.168.0.0/16",)

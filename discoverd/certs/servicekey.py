@@ -1,17 +1,21 @@
 """The service key: 32 bytes that seal every cluster's CA key (AES-256-GCM).
 
 Given as `DISCOVERD_SERVICE_KEY` (base64) or kept in a file (`--service-key-file`, default
-`<data-dir>/service.key`, created with mode 0600 on first start). Replicas that share one etcd
-must share one service key: mount the same Secret in each.
+`<data-dir>/service.key`, created with mode 0600 on first start, with a warning to back it up:
+losing it loses every CA). Replicas that share one etcd must share one service key: mount the
+same Secret in each.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import os
 import secrets
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 KEY_BYTES = 32
 
@@ -42,6 +46,12 @@ def load_or_create(path: Path, *, create: bool) -> bytes:
         else:
             with os.fdopen(fd, "w") as handle:
                 handle.write(text)
+            logger.warning(
+                "NEW SERVICE KEY created at %s. BACK IT UP NOW, apart from the etcd backups: it "
+                "seals every cluster's CA key, and if it is lost every CA is lost with it (no "
+                "certificate can be issued, renewed or revoked for any existing cluster).",
+                path,
+            )
     try:
         mode = path.stat().st_mode & 0o777
         text = path.read_text()

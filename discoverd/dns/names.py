@@ -58,3 +58,8 @@ def srv_label(service: str, tls: bool, suffix: str = "") -> bytes:
 
 
 TCP = b"_tcp"
+
+
+def wire(name: Name) -> bytes:
+    """The uncompressed wire form of `name` (length-prefixed labels, then the root)."""
+    return b"".join(bytes((len(label),)) + label for label in name) + b"\x00"

@@ -4,26 +4,30 @@ The common query is parsed with `struct` (header, one question, at most one OPT)
 response is spliced from a packed template cached per (name, type, class, size limit, EDNS):
 the request's ID, RD and CD bits and question bytes (case preserved, RFC 4343), then the
 template. A repeated query (the same bytes after the ID and flags, as resolvers send them) finds
-its template without being parsed again. Templates are built with dnslib and dropped whenever
-the zone changes.
+its template without being parsed again. Templates are packed by `pack` and stamped with the
+cluster domain they were read from: a change to one cluster drops only that cluster's answers
+(and the negative answers, whose SOA serial moves), in O(1), however many clusters there are.
 
 Rules (RFC 1035, 2181, 6891, 9619): QR=1 queries are ignored; a header too short to answer
 is dropped; QDCOUNT != 1 or a malformed question is FORMERR; opcodes other than QUERY get
 NOTIMP; non-IN classes get REFUSED; an OPT in the query means an OPT in the reply; EDNS
-version > 0 gets BADVERS; two OPTs are FORMERR. UDP replies fit 512 bytes, or the client's
-EDNS size capped at 1232: glue is shed first, then answers are dropped and TC is set, with
-the question kept so that the client retries over TCP.
+version > 0 gets BADVERS; two OPTs are FORMERR. While the registry view is not in step with
+etcd (`ready()` is false: not read yet, or stale), names in the zone get SERVFAIL, never an
+authoritative NXDOMAIN that resolvers would cache. UDP replies fit 512 bytes, or the
+client's EDNS size capped at 1232: glue is shed first, then answers are dropped and TC is set,
+with the question kept so that the client retries over TCP.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from dnslib import CLASS, EDNS0, QTYPE, RCODE, RR, DNSHeader, DNSLabel, DNSQuestion, DNSRecord
+from dnslib import CLASS, QTYPE, RCODE
 
 from discoverd.dns.names import Name
+from discoverd.dns.pack import pack
 from discoverd.dns.zone import Result
 
 QR, AA, TC, RD, CD = 0x8000, 0x0400, 0x0200, 0x0100, 0x0010
@@ -37,6 +41,7 @@ CACHE_MAX = 20_000
 RAW_CACHE_BYTES = 300  # a question (<= 255-byte name) and an OPT fit; 20,000 x 300 B = 6 MB
 
 _Template = tuple[int, bytes, int, bytes]  # flags, counts, question length, the rest
+_Entry = tuple[int, bytes | None, _Template]  # stamp, the domain it was read from, template
 
 _HEADER = struct.Struct("!6H")
 _TAIL = struct.Struct("!HH")
@@ -65,16 +70,26 @@ Lookup = Callable[[Name, int], Result]
 class Responder:
     """Turns query bytes into response bytes, from a zone lookup and a template cache."""
 
-    def __init__(self, lookup: Lookup) -> None:
+    def __init__(self, lookup: Lookup, ready: Callable[[], bool] = lambda: True) -> None:
         self._lookup = lookup
-        self._cache: dict[tuple[bytes, int, int, int, bool], _Template] = {}
-        self._raw: dict[tuple[bytes, bool], _Template] = {}  # query bytes after ID+flags
+        self._ready = ready
+        self._cache: dict[tuple[bytes, int, int, int, bool], _Entry] = {}
+        self._raw: dict[tuple[bytes, bool], _Entry] = {}  # query bytes after ID+flags
+        self._clock = 1  # the stamp of templates made now
+        self._zone_changed = 0  # stamp of the last change: older answers with the SOA are stale
+        self._changed: dict[bytes, int] = {}  # domain -> stamp of its last change
         self.rcodes: dict[int, int] = {}
         self.dropped = 0
 
-    def invalidate(self) -> None:
-        self._cache = {}
-        self._raw = {}
+    def invalidate(self, domains: Iterable[bytes] | None = None) -> None:
+        """Forget the answers read from `domains` (None: every answer), and every answer that
+        carries the SOA. O(len(domains)): stale templates are found out when next used."""
+        if domains is None or len(self._changed) >= CACHE_MAX:
+            self._cache, self._raw, self._changed = {}, {}, {}
+        self._clock += 1
+        self._zone_changed = self._clock
+        for domain in domains or ():
+            self._changed[domain] = self._clock
 
     def respond(self, data: bytes, tcp: bool) -> bytes | None:
         data = bytes(data)
@@ -85,14 +100,16 @@ class Responder:
         if flags & QR:
             self.dropped += 1
             return None
+        ready = self._ready()
         # Rare opcodes are answered without the caches; the raw-bytes cache only keeps what a
-        # resolver sends (a question and an OPT), never a large crafted packet.
-        cacheable = not flags & OPCODE_MASK and len(data) <= RAW_CACHE_BYTES
+        # resolver sends (a question and an OPT), never a large crafted packet. Nothing is
+        # cached while the view is not ready.
+        cacheable = ready and not flags & OPCODE_MASK and len(data) <= RAW_CACHE_BYTES
         raw_key = (data[4:], tcp)
         if cacheable:
-            template = self._raw.get(raw_key)
-            if template is not None:
-                return self._splice(ident, flags, template, data)
+            entry = self._raw.get(raw_key)
+            if entry is not None and self._fresh(entry):
+                return self._splice(ident, flags, entry[2], data)
         try:
             query = parse(data)
         except FormatError:
@@ -106,14 +123,37 @@ class Responder:
             limit,
             query.edns_size is not None,
         )
-        cached = self._cache.get(key) if cacheable else None
-        template = cached or self._template(query, limit)
+        entry = self._cache.get(key) if cacheable else None
+        if entry is None or not self._fresh(entry):
+            template, domain = self._template(query, limit, ready)
+            entry = (self._clock, domain, template)
         if cacheable:
             if len(self._raw) >= CACHE_MAX:
-                self.invalidate()
-            self._cache[key] = template
-            self._raw[raw_key] = template
-        return self._splice(ident, flags, template, data)
+                self._cache, self._raw = {}, {}
+            self._cache[key] = entry
+            self._raw[raw_key] = entry
+        return self._splice(ident, flags, entry[2], data)
+
+    def truncated(self, data: bytes) -> bytes | None:
+        """A TC=1 reply with only the question and no OPT, never larger than the query: what a
+        rate-limited client gets instead of its answer (it may retry over TCP). None if the
+        query is not one to answer."""
+        if len(data) < 12:
+            return None
+        try:
+            query = parse(bytes(data))
+        except FormatError:
+            return None
+        if query.flags & QR:
+            return None
+        flags = QR | AA | TC | (query.flags & (OPCODE_MASK | RD | CD))
+        return _HEADER.pack(query.id, flags, 1, 0, 0, 0) + query.question
+
+    def _fresh(self, entry: _Entry) -> bool:
+        stamp, domain, _ = entry
+        if domain is None:
+            return stamp >= self._zone_changed
+        return stamp >= self._changed.get(domain, 0)
 
     def _splice(self, ident: int, flags: int, template: _Template, data: bytes) -> bytes:
         base_flags, counts, qlength, body = template
@@ -127,7 +167,7 @@ class Responder:
         out_flags = QR | (flags & (OPCODE_MASK | RD | CD)) | rcode
         return _HEADER.pack(ident, out_flags, 0, 0, 0, 0)
 
-    def _template(self, query: Query, limit: int) -> _Template:
+    def _template(self, query: Query, limit: int, ready: bool) -> tuple[_Template, bytes | None]:
         if query.flags & OPCODE_MASK:
             result, ext = Result(RCODE.NOTIMP), 0
         elif query.edns_version > 0:
@@ -136,10 +176,13 @@ class Responder:
             result, ext = Result(RCODE.REFUSED), 0
         else:
             result, ext = self._lookup(query.qname, query.qtype), 0
-        packed = _pack(query, result, ext, limit)
+            if not ready and result.rcode != RCODE.REFUSED:
+                result = Result(RCODE.SERVFAIL)
+        opt = (UDP_MAX, ext) if query.edns_size is not None else None
+        packed = pack(query.question, query.qname, result, limit, opt)
         flags = _HEADER.unpack_from(packed)[1] & ~(RD | CD | OPCODE_MASK)
         qlength = len(query.question)
-        return flags, packed[4:12], qlength, packed[12 + qlength :]
+        return (flags, packed[4:12], qlength, packed[12 + qlength :]), result.domain
 
 
 def parse(data: bytes) -> Query:
@@ -205,27 +248,6 @@ def _udp_limit(edns_size: int | None) -> int:
     if edns_size is None:
         return UDP_PLAIN
     return max(UDP_PLAIN, min(edns_size, UDP_MAX))
-
-
-def _pack(query: Query, result: Result, ext_rcode: int, limit: int) -> bytes:
-    def build(
-        answer: tuple[RR, ...], authority: tuple[RR, ...], additional: tuple[RR, ...], tc: bool
-    ) -> bytes:
-        header = DNSHeader(id=0, qr=1, aa=1, ra=0, tc=int(tc), rcode=result.rcode & 0xF)
-        question = DNSQuestion(DNSLabel(query.qname), query.qtype, query.qclass)
-        message = DNSRecord(header, questions=[question], rr=list(answer), auth=list(authority))
-        for rr in additional:
-            message.add_ar(rr)
-        if query.edns_size is not None:
-            message.add_ar(EDNS0(udp_len=UDP_MAX, ext_rcode=ext_rcode))
-        return bytes(message.pack())
-
-    packed = build(result.answer, result.authority, result.additional, tc=False)
-    if len(packed) > limit and result.additional:
-        packed = build(result.answer, result.authority, (), tc=False)  # glue is optional
-    if len(packed) > limit:
-        packed = build((), (), (), tc=True)
-    return packed
 
 
 __all__ = ["QTYPE", "Query", "Responder", "parse"]

@@ -128,3 +128,18 @@ def test_the_snippet_of_discoverd_new_fills_the_shipped_join_conf():
     shipped = re.findall(r"^(\w+)=", conf["content"], re.M)
     printed = re.findall(r"^\s*(\w+)=", SNIPPET, re.M)
     assert printed == shipped
+
+
+@pytest.mark.parametrize(
+    "path", ["compose.yaml", "kubernetes/discoverd.yaml", "systemd/discoverd.service"]
+)
+def test_the_deploy_files_set_only_variables_that_serve_reads(path):
+    """Under their current names: a deprecated or misspelt DISCOVERD_* is silently ignored
+    (or read with a warning) by `discoverd serve`."""
+    import re
+
+    from discoverd.config import Settings
+
+    known = {"DISCOVERD_" + field.upper() for field in Settings.model_fields}
+    used = set(re.findall(r"\bDISCOVERD_[A-Z0-9_]+", (DEPLOY / path).read_text()))
+    assert used and used <= known, sorted(used - known)

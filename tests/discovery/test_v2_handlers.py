@@ -305,7 +305,7 @@ async def test_new_limits_each_client_behind_a_trusted_proxy(aiohttp_client, set
     from discoverd.app import build_app
 
     proxied = settings.model_copy(
-        update={"new_rate": 1.0, "new_burst": 1, "trusted_proxies": ("127.0.0.0/8",)}
+        update={"new_rate": 1.0, "new_burst": 1, "trusted_proxy": ("127.0.0.0/8",)}
     )
     client = await aiohttp_client(build_app(proxied))
     one, two = {"X-Forwarded-For": "203.0.113.1"}, {"X-Forwarded-For": "203.0.113.2"}

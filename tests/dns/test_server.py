@@ -11,13 +11,16 @@ import subprocess
 import time
 
 import dns.asyncquery
+import dns.flags
 import dns.message
 import dns.query
 import dns.rcode
 import pytest
 
 from discoverd import appkeys
+from discoverd.app import build_app
 from discoverd.directory.rules import cluster_label as label
+from discoverd.dns import server as server_module
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
@@ -172,3 +175,184 @@ async def test_dns_counters_are_exported(client, dns_port):
     assert 'discoverd_dns_responses_total{rcode="NOERROR"}' in text
     assert 'discoverd_dns_responses_total{rcode="REFUSED"} 1.0' in text
     assert "discoverd_dns_dropped_total 1.0" in text
+
+
+# -- TCP: no client holds the listener ---------------------------------------------------------
+
+
+async def busy_cluster(client, members: int) -> str:
+    """A cluster whose SRV answer over TCP is large (members x 4 SRV records)."""
+    token = (await (await client.post("/new?size=99")).text()).rsplit("/", 1)[1]
+    for i in range(members):
+        body = {"peer_urls": [f"http://10.1.{i}.1:{2380 + j}" for j in range(4)]}
+        response = await client.put(f"/api/v1/clusters/{token}/members/m{i}", json=body)
+        assert response.status in (200, 201), await response.text()
+    return token
+
+
+async def never_reading(host: str, port: int, source: str, queries: bytes) -> socket.socket:
+    """A TCP client that pipelines `queries` and never reads a reply (a tiny receive window)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    sock.bind((source, 0))
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(sock, (host, port))
+    await loop.sock_sendall(sock, queries)
+    return sock
+
+
+def pipelined(name: str, count: int) -> bytes:
+    wire = dns.message.make_query(name, "SRV").to_wire()
+    return (struct.pack("!H", len(wire)) + wire) * count
+
+
+async def eventually(check, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+def closed_by_peer(sock: socket.socket) -> bool:
+    """Whether the server closed `sock` (replies it never read are read and dropped)."""
+    try:
+        while sock.recv(65536):
+            pass
+    except BlockingIOError:
+        return False
+    except ConnectionError:
+        return True
+    return True
+
+
+async def test_clients_that_never_read_cannot_block_tcp(client, dns_port, monkeypatch):
+    monkeypatch.setattr(server_module, "TCP_MAX_CONNECTIONS", 32)  # 256 in production
+    server = client.server.app[appkeys.DNS_SERVER]
+    token = await busy_cluster(client, 40)  # a 12 KB answer, asked 40 times per connection
+    flood = pipelined(f"_etcd-server._tcp.{label(token)}.etcd.internal", 40)
+    hogs = []
+    try:
+        for source in range(3):  # 48 connections: past the cap, 16 from each source
+            for _ in range(16):
+                hogs.append(
+                    await never_reading("127.0.0.1", dns_port, f"127.0.0.{source + 2}", flood)
+                )
+        await eventually(lambda: server.tcp_connections >= 32, 10, "the hogs to fill the cap")
+        started = time.monotonic()
+        query = dns.message.make_query(f"_etcd-server._tcp.{label(token)}.etcd.internal", "SRV")
+        reply = await dns.asyncquery.tcp(query, "127.0.0.1", port=dns_port, timeout=3)
+        assert time.monotonic() - started < 2
+        assert len(reply.answer[0]) == 160
+        assert server.tcp_closed.get("evicted", 0) >= 1
+    finally:
+        for sock in hogs:
+            sock.close()
+
+
+async def test_a_reply_nobody_reads_times_out(client, dns_port, monkeypatch):
+    monkeypatch.setattr(server_module, "TCP_WRITE_TIMEOUT", 0.5)
+    server = client.server.app[appkeys.DNS_SERVER]
+    token = await busy_cluster(client, 40)
+    # 6 MB of replies each: more than the kernel buffers (4 MB at most) and asyncio's take
+    flood = pipelined(f"_etcd-server._tcp.{label(token)}.etcd.internal", 600)
+    hogs = [await never_reading("127.0.0.1", dns_port, "127.0.0.20", flood) for _ in range(4)]
+    try:
+        await eventually(lambda: server.tcp_closed.get("write_timeout", 0) == 4, 10, "timeouts")
+        await eventually(lambda: server.tcp_connections == 0, 5, "the hogs to be dropped")
+        await eventually(lambda: all(closed_by_peer(sock) for sock in hogs), 5, "aborts")
+    finally:
+        for sock in hogs:
+            sock.close()
+
+
+async def test_one_source_may_hold_few_connections(client, dns_port):
+    server = client.server.app[appkeys.DNS_SERVER]
+    loop = asyncio.get_running_loop()
+    held = []
+    try:
+        for _ in range(server_module.TCP_PER_SOURCE + 1):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            sock.bind(("127.0.0.30", 0))
+            await loop.sock_connect(sock, ("127.0.0.1", dns_port))
+            held.append(sock)
+        await eventually(lambda: closed_by_peer(held[-1]), 5, "the extra connection to close")
+        assert server.tcp_closed.get("source_limit") == 1
+        assert not any(closed_by_peer(sock) for sock in held[:-1])
+        token = await new_cluster(client)  # another source is served
+        query = dns.message.make_query(f"_etcd-server._tcp.{label(token)}.etcd.internal", "SRV")
+        reply = await dns.asyncquery.tcp(query, "127.0.0.1", port=dns_port, timeout=3)
+        assert len(reply.answer[0]) == 3
+    finally:
+        for sock in held:
+            sock.close()
+
+
+async def test_idle_connections_are_closed(client, dns_port, monkeypatch):
+    monkeypatch.setattr(server_module, "TCP_IDLE", 0.3)
+    _reader, writer = await asyncio.open_connection("127.0.0.1", dns_port)
+    writer.write(b"\x00")  # half a length prefix, then nothing
+    await writer.drain()
+    assert await asyncio.wait_for(_reader.read(), 5) == b""
+    writer.close()
+
+
+# -- UDP: a per-source response rate limit -----------------------------------------------------
+
+
+@pytest.fixture
+async def limited(aiohttp_client, settings):
+    app = build_app(settings.model_copy(update={"dns_rate": 5.0}))  # bursts of 10
+    return await aiohttp_client(app)
+
+
+def burst_from_one_network(port: int, query: bytes, count: int) -> tuple[list[bytes], bytes]:
+    """Send `count` queries from 127.0.0.1, then one from another /24; once that is answered,
+    every reply to the burst has arrived. The burst's replies, and the other one."""
+    flood = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    flood.bind(("127.0.0.1", 0))
+    other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    other.bind(("127.0.1.1", 0))
+    other.settimeout(5)
+    try:
+        for _ in range(count):
+            flood.sendto(query, ("127.0.0.1", port))
+        other.sendto(query, ("127.0.0.1", port))
+        answer = other.recv(65536)
+        flood.setblocking(False)
+        replies = []
+        while True:
+            try:
+                replies.append(flood.recv(65536))
+            except BlockingIOError:
+                return replies, answer
+    finally:
+        flood.close()
+        other.close()
+
+
+async def test_udp_responses_are_rate_limited_per_network(limited):
+    port = limited.server.app[appkeys.DNS_SERVER].port
+    token = await new_cluster(limited)
+    query = dns.message.make_query(
+        f"_etcd-server._tcp.{label(token)}.etcd.internal", "SRV"
+    ).to_wire()
+    started = time.monotonic()
+    replies, other = await asyncio.to_thread(burst_from_one_network, port, query, 100)
+    took = time.monotonic() - started
+    parsed = [dns.message.from_wire(raw) for raw in replies]
+    full = [m for m in parsed if not m.flags & dns.flags.TC]
+    slipped = [raw for raw in replies if dns.message.from_wire(raw).flags & dns.flags.TC]
+    assert 10 <= len(full) <= 10 + 5 * took + 1  # the burst, and what refilled meanwhile
+    assert all(len(m.answer[0]) == 3 for m in full)
+    limited_count = 100 - len(full)
+    assert abs(len(slipped) - limited_count / 2) <= 1  # every second one slips, the rest drop
+    assert all(len(raw) <= len(query) for raw in slipped)  # no amplification
+    assert len(dns.message.from_wire(other).answer[0]) == 3  # another network is not limited
+    text = await (await limited.get("/metrics")).text()
+    assert f'discoverd_dns_rate_limited_total{{action="slip"}} {len(slipped)}.0' in text
+    assert (
+        f'discoverd_dns_rate_limited_total{{action="drop"}} {limited_count - len(slipped)}.0'
+        in text
+    )

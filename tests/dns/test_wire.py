@@ -189,3 +189,81 @@ def test_large_crafted_packets_are_not_kept_in_the_raw_cache():
         r.respond(bytes(wire) + padding_rr[:-2] + bytes([i, i]), tcp=True)
     assert len(r._raw) == 0
     assert sum(len(key[0]) for key in r._cache) < 5000
+
+
+class CountingZone:
+    """A zone whose lookups are counted: a cache hit makes none."""
+
+    def __init__(self) -> None:
+        self.zone = Zone("etcd.internal", ["127.0.0.1"])
+        self.lookups = 0
+
+    def lookup(self, qname, qtype):
+        self.lookups += 1
+        return self.zone.lookup(qname, qtype)
+
+    def publish(self, token: str, count: int, serial: int) -> frozenset[bytes]:
+        endpoints = tuple(
+            MemberEndpoints(f"m{i}", (f"http://10.0.0.{i + 1}:2380",)) for i in range(count)
+        )
+        return self.zone.set_cluster(token, Published(token, None, endpoints), serial)
+
+
+def test_a_change_drops_only_its_clusters_answers():
+    counting = CountingZone()
+    other = "cd" * 16
+    counting.publish(TOKEN, 3, 2)
+    counting.publish(other, 1, 3)
+    r = Responder(counting.lookup)
+    mine = dns.message.make_query(SRV_NAME, "SRV")
+    theirs = dns.message.make_query(f"_etcd-server._tcp.{other}.etcd.internal", "SRV")
+    missing = dns.message.make_query(f"nosuch.{TOKEN}.etcd.internal", "A")
+    for query in (mine, theirs, missing):
+        ask(r, query)
+    assert counting.lookups == 3
+    r.invalidate(counting.publish(other, 2, 4))
+    assert len(ask(r, mine).answer[0]) == 3
+    assert counting.lookups == 3  # untouched cluster: still cached
+    assert len(ask(r, theirs).answer[0]) == 2  # the changed one is read again
+    negative = ask(r, missing)  # negative answers carry the SOA, whose serial moved
+    assert counting.lookups == 5
+    assert negative.authority[0][0].serial == counting.zone.serial
+
+
+def test_not_ready_is_servfail_and_never_cached():
+    zone = Zone("etcd.internal")
+    ready = False
+    r = Responder(zone.lookup, ready=lambda: ready)
+    for name in (SRV_NAME, "etcd.internal", f"nosuch.{TOKEN}.etcd.internal"):
+        reply = ask(r, dns.message.make_query(name, "SRV"))
+        assert reply.rcode() == dns.rcode.SERVFAIL and not reply.flags & dns.flags.TC
+    assert ask(r, dns.message.make_query("example.com", "A")).rcode() == dns.rcode.REFUSED
+    zone.set_cluster(
+        TOKEN, Published(TOKEN, None, (MemberEndpoints("m", ("http://10.0.0.1:1",)),)), 2
+    )
+    ready = True  # the view caught up; nothing from before is served
+    assert ask(r, dns.message.make_query(SRV_NAME, "SRV")).rcode() == dns.rcode.NOERROR
+    assert (
+        ask(r, dns.message.make_query(f"nosuch.{TOKEN}.etcd.internal", "A")).rcode()
+        == dns.rcode.NXDOMAIN
+    )
+
+
+@pytest.mark.parametrize("use_edns", [False, True])
+def test_truncated_reply_is_no_larger_than_the_query(use_edns):
+    query = dns.message.make_query(SRV_NAME.upper(), "SRV", use_edns=0 if use_edns else None)
+    query.flags |= dns.flags.RD
+    wire = query.to_wire()
+    raw = responder(60).truncated(wire)
+    assert raw is not None and len(raw) <= len(wire)
+    reply = dns.message.from_wire(raw)
+    assert reply.id == query.id and reply.flags & dns.flags.TC and reply.flags & dns.flags.RD
+    assert reply.question[0].name.to_text() == SRV_NAME.upper() + "."
+    assert not reply.answer and not reply.additional
+
+
+@pytest.mark.parametrize(
+    "wire", [b"", b"\x00" * 11, b"\x12\x34\x81\x00" + b"\x00" * 8, b"\xff" * 40]
+)
+def test_truncated_reply_to_garbage_is_nothing(wire):
+    assert responder().truncated(wire) is None

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dns.rdata
+import dns.rdataclass
 import pytest
 from dnslib import QTYPE, RCODE
 
 from discoverd.dns import names
-from discoverd.dns.zone import MemberEndpoints, Published, Zone
+from discoverd.dns import zone as zone_module
+from discoverd.dns.zone import MAX_RECORDS, MAX_URLS, MemberEndpoints, Published, Record, Zone
 
 TOKEN = "ab" * 16
 ZONE = "etcd.internal"
@@ -30,8 +33,13 @@ def ask(zone: Zone, qname: str, qtype: str):
     return zone.lookup(names.parse(qname), getattr(QTYPE, qtype))
 
 
+def rdata(record: Record):
+    """The record's RDATA as dnspython reads it."""
+    return dns.rdata.from_wire(dns.rdataclass.IN, record.rtype, record.rdata, 0, len(record.rdata))
+
+
 def srv_targets(result) -> list[tuple[int, str]]:
-    return sorted((rr.rdata.port, str(rr.rdata.target)) for rr in result.answer)
+    return sorted((rdata(rr).port, rdata(rr).target.to_text()) for rr in result.answer)
 
 
 @pytest.mark.parametrize(
@@ -80,7 +88,9 @@ def test_srv_records(zone, qname, qtype, expected):
 
 def test_srv_glue_has_the_addresses_of_our_targets(zone):
     result = ask(zone, f"_etcd-server._tcp.{TOKEN}.{ZONE}", "SRV")
-    assert [(QTYPE[rr.rtype], str(rr.rdata)) for rr in result.additional] == [("AAAA", "fd00::3")]
+    assert [(QTYPE[rr.rtype], rdata(rr).to_text()) for rr in result.additional] == [
+        ("AAAA", "fd00::3")
+    ]
 
 
 @pytest.mark.parametrize(
@@ -94,7 +104,7 @@ def test_srv_glue_has_the_addresses_of_our_targets(zone):
 )
 def test_addresses(zone, qname, qtype, rtype, address):
     result = ask(zone, qname, qtype)
-    assert [(QTYPE[rr.rtype], str(rr.rdata)) for rr in result.answer] == [(rtype, address)]
+    assert [(QTYPE[rr.rtype], rdata(rr).to_text()) for rr in result.answer] == [(rtype, address)]
 
 
 @pytest.mark.parametrize(
@@ -133,7 +143,7 @@ def test_nxdomain_carries_the_soa(zone, qname):
     result = ask(zone, qname, "SRV")
     assert result.rcode == RCODE.NXDOMAIN
     assert [QTYPE[rr.rtype] for rr in result.authority] == ["SOA"]
-    assert result.authority[0].rdata.times[0] == zone.serial
+    assert rdata(result.authority[0]).serial == zone.serial
 
 
 @pytest.mark.parametrize("qname", ["example.com", "internal", "etcd.internal.evil", "com"])
@@ -144,10 +154,10 @@ def test_outside_the_zone_is_refused(zone, qname):
 
 def test_apex_soa_and_ns(zone):
     soa = ask(zone, ZONE, "SOA")
-    assert [str(rr.rdata.mname) for rr in soa.answer] == ["ns.etcd.internal."]
+    assert [rdata(rr).mname.to_text() for rr in soa.answer] == ["ns.etcd.internal."]
     ns = ask(zone, ZONE, "NS")
-    assert [str(rr.rdata) for rr in ns.answer] == ["ns.etcd.internal."]
-    assert [str(rr.rdata) for rr in ns.additional] == ["127.0.0.53"]
+    assert [rdata(rr).to_text() for rr in ns.answer] == ["ns.etcd.internal."]
+    assert [rdata(rr).to_text() for rr in ns.additional] == ["127.0.0.53"]
 
 
 def test_any_returns_every_rrset(zone):
@@ -168,3 +178,94 @@ def test_changes_replace_a_cluster_and_move_the_serial(zone):
     ]
     zone.set_cluster(TOKEN, None, 44)
     assert ask(zone, f"{TOKEN}.{ZONE}", "A").rcode == RCODE.NXDOMAIN
+
+
+# -- cost: a change costs O(the changed cluster's records), bounded, and nothing else --------
+
+
+def busy_member(i: int) -> MemberEndpoints:
+    """A member with the most URLs the member API takes: 16 peer (distinct ports) and 16
+    client URLs (distinct host names), the repro of a size-99 cluster that froze the loop."""
+    peers = tuple(f"https://10.{i // 250}.{i % 250}.{j + 1}:{2380 + j}" for j in range(16))
+    clients = tuple(f"https://c{j}.m{i}.example.com:2379" for j in range(16))
+    return MemberEndpoints(f"m{i:03d}", peers, clients)
+
+
+def fill(zone: Zone, token: str, name: str | None, count: int) -> list[int]:
+    """Register `count` busy members one at a time; the operations each change cost."""
+    members: list[MemberEndpoints] = []
+    costs = []
+    for i in range(count):
+        members.append(busy_member(i))
+        before = zone.operations
+        zone.set_cluster(token, Published(token, name, tuple(members)), i + 2)
+        costs.append(zone.operations - before)
+    return costs
+
+
+@pytest.mark.parametrize("name", [None, "prod"])
+def test_a_change_costs_the_records_of_its_cluster_only(name, monkeypatch):
+    parsed = []
+    endpoint = zone_module._endpoint
+    monkeypatch.setattr(zone_module, "_endpoint", lambda url: parsed.append(url) or endpoint(url))
+    zone = Zone(ZONE)
+    costs = []
+    members: list[MemberEndpoints] = []
+    for i in range(198):  # a size-99 cluster's registration cap
+        members.append(busy_member(i))
+        parsed.clear()
+        before = zone.operations
+        zone.set_cluster(TOKEN, Published(TOKEN, name, tuple(members)), i + 2)
+        costs.append(zone.operations - before)
+        # only the new member's URLs are parsed, at most MAX_URLS of each kind
+        assert len(parsed) <= 2 * MAX_URLS
+        domain = zone.domain(TOKEN)
+        assert domain is not None and domain.records <= MAX_RECORDS
+        assert costs[-1] <= domain.records + 2 * MAX_URLS
+    assert max(costs) <= MAX_RECORDS + 2 * MAX_URLS  # bounded, however many members
+    assert zone.domain(TOKEN).omitted > 0  # the cap was reached: the rest is left out
+
+
+def test_a_change_costs_the_same_in_a_full_zone():
+    empty = Zone(ZONE)
+    alone = fill(empty, "cd" * 16, None, 3)
+    full = Zone(ZONE)
+    for t in range(20):
+        fill(full, f"{t:032x}", "big" if t == 0 else None, 60)
+    assert fill(full, "cd" * 16, None, 3) == alone
+
+
+def test_published_urls_and_records_are_capped():
+    zone = Zone(ZONE)
+    fill(zone, TOKEN, "prod", 198)
+    server = ask(zone, f"_etcd-server-ssl._tcp.{TOKEN}.{ZONE}", "SRV")
+    client = ask(zone, f"_etcd-client-ssl-prod._tcp.prod.{ZONE}", "SRV")
+    address = ask(zone, f"m000.{TOKEN}.{ZONE}", "A")
+    members = {rdata(rr).target.labels[0] for rr in server.answer}
+    assert len(server.answer) == MAX_URLS * len(members)  # 4 of the 16 peer URLs each
+    assert len(client.answer) == MAX_URLS * len(members)
+    assert len(address.answer) == MAX_URLS
+    assert 3 * MAX_URLS * len(members) <= MAX_RECORDS
+
+
+def test_a_host_dns_cannot_carry_is_left_out_not_the_cluster():
+    zone = Zone(ZONE)
+    members = (
+        MemberEndpoints("a", ("http://10.0.0.1:2380", "http://bad..host:2380")),
+        MemberEndpoints("b", ("http://h\u00e9.example.com:2380", f"http://{'x' * 64}.com:2380")),
+        MemberEndpoints("c", ("http://10.0.0.3:2380",)),
+    )
+    zone.set_cluster(TOKEN, Published(TOKEN, None, members), 2)
+    assert srv_targets(ask(zone, f"_etcd-server._tcp.{TOKEN}.{ZONE}", "SRV")) == [
+        (2380, f"a.{TOKEN}.{ZONE}."),
+        (2380, f"c.{TOKEN}.{ZONE}."),
+    ]
+
+
+def test_an_unchanged_cluster_is_not_rebuilt():
+    zone = Zone(ZONE)
+    published = Published(TOKEN, None, (busy_member(1),))
+    assert zone.set_cluster(TOKEN, published, 2) == {TOKEN.encode()}
+    before, serial = zone.operations, zone.serial
+    assert zone.set_cluster(TOKEN, published, 3) == frozenset()
+    assert (zone.operations, zone.serial) == (before, serial)
