@@ -5,7 +5,8 @@ The HTTP anchors were measured by the issue's author on this 2-core machine with
 `wrk -t2 -c32`, service and etcd on the same box, against the Go etcd-io/discoveryserver. The DNS
 anchor is dnsmasq serving the same records, measured by dnsperf in the same run (bench.dnsload).
 The CSR signing anchor is `cfssl serve` (Debian's golang-cfssl 1.2.0) signing the same P-256 CSR
-under the same wrk load in the same run (bench.signing).
+under the same wrk load in the same run (bench.signing). The v3 discovery anchor is a real etcd
+3.7 used as the discovery endpoint, in the same run (bench.v3, rows in bench.v3report).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from bench import v3report
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -165,6 +168,8 @@ def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
         rows.extend(dns_verdicts(results["dns"]))
     if "certs" in results:
         rows.extend(certs_verdicts(results["certs"]))
+    if "v3" in results:
+        rows.extend(v3report.verdicts(results["v3"]))
     return rows
 
 

@@ -2,7 +2,7 @@
 
 Phases, in this order (each one's failure is recorded and the next one still runs; `--dns-only`
 runs only 7 and 8, `--skip-dns` all but them; `--certs-only` only 9 to 11, `--skip-certs` all
-but them):
+but them; `--v3-only` only 12 to 14, `--skip-v3` all but them):
   1. seed      a size-3 token with 3 real v2 registrations, so reads return real data
   2. reads     wrk on GET /<token>/_config/size and GET /<token> (after a 2 s warm-up)
   3. wake      register->wake latency of a long-poll
@@ -19,6 +19,12 @@ but them):
                started and stopped here
  11. profile   only when discoverd signed fewer per second than cfssl: py-spy on discoverd
                during one more, unscored, enrollment load
+ 12. v3 boot   3 and 5 stock etcd 3.7 members through discoverd's v3 face, and through a real
+               etcd 3.7 as the discovery endpoint, the anchor (bench.v3; needs `make etcd-test`)
+ 13. v3 watch  N waiting Watch streams (grpc.aio): server RSS, then wake-all latency, on
+               discoverd and on the real etcd 3.7
+ 14. v3 range  KV/Range on a size key from a grpc.aio driver process, on discoverd and on the
+               real etcd 3.7
 
 Every phase also records the CPU seconds discoverd and etcd used during it.
 """
@@ -41,6 +47,7 @@ from typing import Any
 import aiohttp
 
 from bench import client, dnsload, load, report, servers, signing, waits, wake
+from bench import v3 as v3mod
 from bench.loadspec import Load
 
 FD_MARGIN = 256
@@ -72,23 +79,32 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="only the CSR signing phases: discoverd, then cfssl serve, under wrk",
     )
+    v3 = top.add_mutually_exclusive_group()
+    v3.add_argument("--skip-v3", action="store_true", help="skip the v3 discovery (gRPC) phases")
+    v3.add_argument(
+        "--v3-only",
+        action="store_true",
+        help="only the v3 discovery phases: bootstrap, watch streams, KV/Range vs a real etcd 3.7",
+    )
     return top
 
 
-def _plan(args: argparse.Namespace) -> tuple[bool, bool, bool]:
-    """Whether the HTTP, DNS and certificate phases run."""
-    if args.dns_only and args.certs_only:
-        parser().error("--dns-only and --certs-only exclude each other")
-    only = args.dns_only or args.certs_only
-    http = not only
-    dns = not args.skip_dns and not args.certs_only
-    certs = not args.skip_certs and not args.dns_only
-    return http, dns, certs
+def _plan(args: argparse.Namespace) -> tuple[bool, bool, bool, bool]:
+    """Whether the HTTP, DNS, certificate and v3 phases run."""
+    onlys = [name for name in ("dns_only", "certs_only", "v3_only") if getattr(args, name)]
+    if len(onlys) > 1:
+        flags = " and ".join("--" + name.replace("_", "-") for name in onlys)
+        parser().error(f"{flags} exclude each other")
+    http = not onlys
+    dns = not args.skip_dns and not (args.certs_only or args.v3_only)
+    certs = not args.skip_certs and not (args.dns_only or args.v3_only)
+    v3 = not args.skip_v3 and not (args.dns_only or args.certs_only)
+    return http, dns, certs, v3
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    http, dns, certs = _plan(args)
+    http, dns, certs, v3 = _plan(args)
     duration = args.duration or (3.0 if args.quick else 10.0)
     iterations = args.iterations or (10 if args.quick else 20)
     soft, _ = servers.raise_nofile()  # before any child starts: they inherit it
@@ -108,6 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["dns"] = _dns_plan(duration)
     if certs:
         results["certs"] = signing.plan(duration)
+    if v3:
+        results["v3"] = _v3_plan()
     if results["machine"]["loadavg_at_start"][0] > BUSY_LOADAVG:
         _say(f"note: load average {results['machine']['loadavg_at_start'][0]}: numbers will be low")
     if load.wrk_path() is None:
@@ -125,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "nofile_limit": stack.server_limits(),
             }
             phases = _Phases(stack, Path(scratch), duration, iterations, count, results)
-            phases.http, phases.dns, phases.certs = http, dns, certs
+            phases.http, phases.dns, phases.certs, phases.v3 = http, dns, certs, v3
             with asyncio.Runner(loop_factory=_loop_factory()) as runner:
                 runner.run(phases.all())
         except (KeyboardInterrupt, asyncio.CancelledError):
@@ -170,6 +188,7 @@ class _Phases:
         self.http = True
         self.dns = True
         self.certs = True
+        self.v3 = True
 
     async def all(self) -> None:
         task = asyncio.current_task()
@@ -181,6 +200,8 @@ class _Phases:
             await self._dns()
         if self.certs:
             await self._certs()
+        if self.v3:
+            await self._v3()
         async with aiohttp.ClientSession() as session:
             samples = await client.metrics(session, self.base)
         self.results["server"]["requests"] = client.status_counts(samples)
@@ -257,6 +278,39 @@ class _Phases:
         for row in found.get("by_innermost_discoverd_function", [])[:6]:
             _say(f"    {row['pct']:5.1f}%  {row['what']}")
 
+    async def _v3(self) -> None:
+        """Last: its 10,000 streams would inflate the RSS the HTTP waits phase measures (the
+        v3 rows show the RSS the streams added, too)."""
+        plan = self.results["v3"]
+        if "skipped" in plan:
+            _say(f"v3 phases skipped: {plan['skipped']}")
+            return
+        anchor = v3mod.Anchor(self.scratch / "v3-anchor")
+        _say(f"starting the anchor: a real etcd {v3mod.V3_VERSION} as the discovery endpoint")
+        try:
+            try:
+                await asyncio.to_thread(anchor.start)
+            except Exception as exc:  # the other phases' results still count
+                _say(f"  failed: {type(exc).__name__}: {exc}")
+                plan["error"] = f"the anchor etcd did not start: {type(exc).__name__}: {exc}"
+                return
+            boots = " and ".join(str(size) for size in v3mod.BOOT_SIZES)
+            plan["bootstrap"] = await self._run(
+                f"v3 bootstrap of {boots} etcd {v3mod.V3_VERSION} members, discoverd vs etcd, "
+                f"{v3mod.BOOT_RUNS} runs each",
+                lambda: v3mod.bootstrap(self.stack, anchor, self.scratch, _say),
+            )
+            plan["watches"] = await self._run(
+                f"{self.count:,} v3 watch streams on one token: discoverd, then etcd",
+                lambda: v3mod.watches(self.stack, anchor, self.count, _say),
+            )
+            plan["range"] = await self._run(
+                "KV/Range on a size key: discoverd, then etcd",
+                lambda: v3mod.ranges(self.stack, anchor, self.duration, _say),
+            )
+        finally:
+            await asyncio.to_thread(anchor.stop)
+
     async def _seed(self) -> str:
         async with aiohttp.ClientSession() as session:
             token = await client.new_token(session, self.base, 3)
@@ -325,6 +379,11 @@ def _dns_plan(duration: float) -> dict[str, Any]:
     if plan["dnsperf"]["path"] is None:
         plan["skipped"] = "dnsperf not installed (Debian dnsperf; `make bench` installs it as root)"
     return plan
+
+
+def _v3_plan() -> dict[str, Any]:
+    why = v3mod.missing()
+    return {"skipped": why} if why else {"etcd": v3mod.V3_VERSION}
 
 
 def _versions(stack: servers.Stack) -> dict[str, str]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -11,8 +13,6 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
-
-from discoverd.store.embedded import free_port
 
 
 def wait_until(
@@ -41,13 +41,29 @@ def http(
         return exc.code, dict(exc.headers), exc.read()
 
 
-class DiscoverdProcess:
-    """`python -m discoverd serve` as a real process on a free loopback port."""
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """`count` distinct free ports: all held bound at once while the kernel picks them."""
+    with contextlib.ExitStack() as held:
+        ports = []
+        for _ in range(count):
+            sock = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind((host, 0))
+            ports.append(int(sock.getsockname()[1]))
+    return ports
 
-    def __init__(self, tmp: Path, etcd: Sequence[str] = (), *extra: str, port: int = 0) -> None:
-        self.port = port or free_port()
-        self.dns_port = free_port()
-        self.grpc_port = free_port()
+
+class DiscoverdProcess:
+    """`python -m discoverd serve` as a real process on free loopback ports: HTTP (`port`), DNS
+    (`dns_port`) and gRPC, the v3 discovery face (`grpc_port`, `grpc_endpoint`). A restart
+    (`start()` again) comes back on the same ports."""
+
+    def __init__(
+        self, tmp: Path, etcd: Sequence[str] = (), *extra: str, port: int = 0, grpc_port: int = 0
+    ) -> None:
+        picked = free_ports(3)  # distinct: two free_port() calls may return the same port
+        self.port = port or picked[0]
+        self.dns_port = picked[1]
+        self.grpc_port = grpc_port or picked[2]
         self.url = f"http://127.0.0.1:{self.port}"
         self.data_dir = tmp / f"discoverd-{self.port}"
         self.log_path = tmp / f"discoverd-{self.port}.log"
@@ -65,7 +81,7 @@ class DiscoverdProcess:
             "--dns-listen",
             f"127.0.0.1:{self.dns_port}",
             "--grpc-listen",
-            f"127.0.0.1:{self.grpc_port}",
+            self.grpc_endpoint,
             *(["--etcd", ",".join(etcd)] if etcd else []),
             *extra,
         ]

@@ -1,4 +1,7 @@
-"""End-to-end fixtures: real etcd members bootstrapping through a real `discoverd serve` process.
+"""End-to-end fixtures: real etcd members bootstrapping through a real `discoverd serve` process,
+with v2 discovery (`--discovery <url>`: etcd 3.4, 3.5) or v3 discovery (`--discovery-token` and
+`--discovery-endpoints` on discoverd's gRPC port, `V3Discovery`: etcd 3.6, 3.7, built by
+`make etcd-test`; tests/e2e/v3support.py has the v3 helpers).
 
 Every process a test starts is owned by a fixture that stops it by its pid at teardown,
 whatever the outcome of the test. Readiness is always polled (member `/health`, discoverd
@@ -23,11 +26,16 @@ import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from discoverd.store.embedded import etcd_binary, free_port
+from tests import binaries
 from tests.support import DiscoverdProcess, http, wait_until
+
+if TYPE_CHECKING:
+    from tests.e2e.v3support import DiscoveryService, ReferenceDiscovery
 
 DEBIAN_ETCD = Path("/usr/bin/etcd")
 DEBIAN_ETCDCTL = Path("/usr/bin/etcdctl")
@@ -82,9 +90,41 @@ def debian_etcd() -> EtcdBinary:
     return EtcdBinary("debian-etcd-3.4", DEBIAN_ETCD, etcdctl, arch_check=True)
 
 
+def etcd_cache() -> Path:
+    """Where tests/tools/build_etcd.sh puts the etcd versions it builds (`make etcd-test`)."""
+    return binaries.ETCD_CACHE
+
+
+def built_etcd(version: str) -> EtcdBinary:
+    """A stock etcd ("3.6" or "3.7") built from etcd's Go modules by tests/tools/build_etcd.sh,
+    with its etcdctl; skips the test, loudly, when it was not built (no Go when `make test`
+    ran): tests.binaries.stock_etcd."""
+    etcd = binaries.stock_etcd(version)
+    etcdctl = etcd.parent / "etcdctl"
+    if not os.access(etcdctl, os.X_OK):
+        pytest.skip(f"SKIPPED LOUDLY: {etcdctl} is missing, so this is NOT tested; `make test` "
+                    f"builds it with Go: tests/tools/build_etcd.sh {binaries.BUILT[version]}")  # fmt: skip
+    return EtcdBinary(f"etcd-{binaries.BUILT[version]}", etcd, etcdctl)
+
+
+def etcd_3_6() -> EtcdBinary:
+    return built_etcd("3.6")
+
+
+def etcd_3_7() -> EtcdBinary:
+    return built_etcd("3.7")
+
+
+# Members that bootstrap with v2 discovery (`--discovery <url>`).
 ETCD_BINARIES: dict[str, Callable[[], EtcdBinary]] = {
     "etcd-3.5-distro": distro_etcd,
     "etcd-3.4-debian": debian_etcd,
+}
+# Members that bootstrap with v3 discovery (`--discovery-token` + `--discovery-endpoints`);
+# etcd 3.7 has nothing else.
+V3_ETCD_BINARIES: dict[str, Callable[[], EtcdBinary]] = {
+    "etcd-3.6": etcd_3_6,
+    "etcd-3.7": etcd_3_7,
 }
 
 
@@ -94,10 +134,12 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def _stop_process(process: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT) -> int:
-    """SIGTERM by pid, then SIGKILL if it does not exit in time; its exit status."""
+def _stop_process(
+    process: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT, sig: int = signal.SIGTERM
+) -> int:
+    """`sig` (SIGTERM) by pid, then SIGKILL if it does not exit in time; its exit status."""
     if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(sig)
         try:
             process.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -154,18 +196,42 @@ def loopback() -> Loopback:
 # -- etcd members ----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class V3Discovery:
+    """v3 discovery for a member: `--discovery-token T --discovery-endpoints host:port,...`."""
+
+    token: str
+    endpoints: tuple[str, ...]
+
+    def flags(self) -> list[str]:
+        return [
+            f"--discovery-token={self.token}",
+            f"--discovery-endpoints={','.join(self.endpoints)}",
+        ]
+
+
+Discovery = str | V3Discovery  # a v2 discovery URL, or v3 discovery
+
+
+def _discovery_flags(discovery: Discovery) -> list[str]:
+    if isinstance(discovery, V3Discovery):
+        return discovery.flags()
+    return [f"--discovery={discovery}"]
+
+
 class EtcdMember:
-    """One real etcd member started with `--discovery <url>` on its own loopback address.
+    """One real etcd member on its own loopback address, started with `--discovery <url>` (v2)
+    or with `--discovery-token` and `--discovery-endpoints` (v3, `V3Discovery`).
 
     Ports are picked once, so a restart (`start()` again) comes back on the same URLs and with
-    the same member ID: the ID hashes the peer URLs and the discovery URL.
+    the same member ID: the ID hashes the peer URLs and the discovery URL (v2) or token (v3).
     """
 
     def __init__(
         self,
         name: str,
         host: str,
-        discovery: str,
+        discovery: Discovery,
         workdir: Path,
         binary: EtcdBinary,
         extra: Sequence[str] = (),
@@ -202,7 +268,7 @@ class EtcdMember:
             f"--advertise-client-urls={self.client_url}",
             f"--listen-peer-urls={self.peer_url}",
             f"--initial-advertise-peer-urls={self.peer_url}",
-            f"--discovery={self.discovery}",
+            *_discovery_flags(self.discovery),
             "--logger=zap",
             *self.extra,
         ]
@@ -250,10 +316,11 @@ class EtcdMember:
         except subprocess.TimeoutExpired:
             raise AssertionError(f"{self} still running after {timeout}s:\n{self.log()}") from None
 
-    def stop(self) -> int | None:
-        """SIGTERM by pid (graceful: a leader hands over to a live follower), then SIGKILL."""
+    def stop(self, sig: int = signal.SIGTERM) -> int | None:
+        """SIGTERM (or `sig`) by pid (SIGTERM is graceful: a leader hands over to a live
+        follower), then SIGKILL."""
         process, self.process = self.process, None
-        return None if process is None else _stop_process(process)
+        return None if process is None else _stop_process(process, sig=sig)
 
     def log(self, since_start: bool = True) -> str:
         """The member's log, by default only what the latest `start()` wrote."""
@@ -271,7 +338,7 @@ class Members:
     def add(
         self,
         name: str,
-        discovery: str,
+        discovery: Discovery,
         binary: EtcdBinary | None = None,
         extra: Sequence[str] = (),
     ) -> EtcdMember:
@@ -288,12 +355,16 @@ class Members:
 
     def start(
         self,
-        discovery: str | Sequence[str],
+        discovery: Discovery | Sequence[Discovery],
         names: Sequence[str] = ("m1", "m2", "m3"),
         binary: EtcdBinary | None = None,
     ) -> list[EtcdMember]:
-        """Start one member per name, all at once; `discovery` is one URL or one per name."""
-        urls = [discovery] * len(names) if isinstance(discovery, str) else list(discovery)
+        """Start one member per name, all at once; `discovery` is one for all or one per name."""
+        urls: list[Discovery] = (
+            [discovery] * len(names)
+            if isinstance(discovery, str | V3Discovery)
+            else list(discovery)
+        )
         assert len(urls) == len(names)
         return [self.add(name, url, binary).start() for name, url in zip(names, urls, strict=True)]
 
@@ -384,14 +455,19 @@ StartDiscoverd = Callable[..., DiscoverdProcess]
 
 @pytest.fixture
 def start_discoverd(tmp_path: Path) -> Iterator[StartDiscoverd]:
-    """Start `discoverd serve` processes: `start_discoverd(etcd_endpoints, *flags, port=0)`. An
-    empty `etcd_endpoints` runs discoverd with its embedded etcd. All stopped at teardown."""
+    """Start `discoverd serve` processes: `start_discoverd(etcd_endpoints, *flags, port=0,
+    grpc_port=0)` (0: a free port). An empty `etcd_endpoints` runs discoverd with its embedded
+    etcd. All stopped at teardown."""
     started: list[DiscoverdProcess] = []
 
     def start(
-        etcd: Sequence[str] = (), *extra: str, port: int = 0, healthy: bool = True
+        etcd: Sequence[str] = (),
+        *extra: str,
+        port: int = 0,
+        grpc_port: int = 0,
+        healthy: bool = True,
     ) -> DiscoverdProcess:
-        process = DiscoverdProcess(tmp_path, etcd, *extra, port=port)
+        process = DiscoverdProcess(tmp_path, etcd, *extra, port=port, grpc_port=grpc_port)
         started.append(process)
         return process.start(healthy=healthy)
 
@@ -516,3 +592,43 @@ def backing_etcd(tmp_path: Path) -> Iterator[BackingEtcd]:
         yield etcd
     finally:
         etcd.stop()
+
+
+# -- v3 discovery services (tests/e2e/v3support.py, imported late: it imports this module) -----
+
+
+@pytest.fixture(scope="module")
+def module_discoverd(
+    etcd_endpoint: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[DiscoverdProcess]:
+    """One discoverd on the session etcd for the tests of a module that stop neither it nor
+    its etcd: each test takes its own token, which keeps them apart."""
+    process = DiscoverdProcess(tmp_path_factory.mktemp("discoverd"), [etcd_endpoint])
+    try:
+        yield process.start()
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="module")
+def reference_discovery(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReferenceDiscovery]:
+    """etcd's recommended v3 discovery endpoint, a real etcd 3.7, for a whole module."""
+    from tests.e2e.v3support import ReferenceDiscovery
+
+    service = ReferenceDiscovery(tmp_path_factory.mktemp("reference"), etcd_3_7())
+    try:
+        yield service.start()
+    finally:
+        service.stop()
+
+
+@pytest.fixture(params=["real-etcd", "discoverd"])
+def v3_service(request: pytest.FixtureRequest) -> DiscoveryService:
+    """Each test that takes it runs twice: against a real etcd 3.7 used as the discovery
+    endpoint (the anchor: what stock members do there) and against discoverd's v3 face."""
+    from tests.e2e.v3support import DiscoverdDiscovery
+
+    if request.param == "real-etcd":
+        service: DiscoveryService = request.getfixturevalue("reference_discovery")
+        return service
+    return DiscoverdDiscovery(request.getfixturevalue("module_discoverd"))
