@@ -7,6 +7,10 @@
 # no etcd source or binary, ever enters the repository. Idempotent: an existing build is kept.
 set -euo pipefail
 version=${1:?usage: build_etcd.sh VERSION (e.g. 3.7.1)}
+# A bare environment (CI, cron) may lack HOME, or Go's usual place on PATH.
+: "${HOME:=$(getent passwd "$(id -u)" | cut -d: -f6)}"
+export HOME
+[ -x /usr/local/go/bin/go ] && case ":$PATH:" in *:/usr/local/go/bin:*) ;; *) PATH="$PATH:/usr/local/go/bin" ;; esac
 cache=${DISCOVERD_ETCD_CACHE:-$HOME/.cache/discoverd-etcd}
 out="$cache/$version"
 if [ -x "$out/etcd" ] && [ -x "$out/etcdctl" ]; then
