@@ -13,6 +13,7 @@ import pytest
 from discoverd.store.embedded import free_port
 from tests.e2e.conftest import (
     ETCD_BINARIES,
+    V3_ETCD_BINARIES,
     Members,
     StartDiscoverd,
     assert_cluster,
@@ -26,11 +27,15 @@ from tests.support import http, pid_running, wait_until
 pytestmark = pytest.mark.e2e
 
 
-@pytest.mark.parametrize("binary_name", list(ETCD_BINARIES))
+# etcd 3.6 still has v2 discovery (deprecated); 3.7 has none (tests/e2e/test_v3_*.py).
+V2_BOOTSTRAP = {**ETCD_BINARIES, "etcd-3.6": V3_ETCD_BINARIES["etcd-3.6"]}
+
+
+@pytest.mark.parametrize("binary_name", list(V2_BOOTSTRAP))
 def test_three_members_bootstrap(
     binary_name: str, etcd_endpoint: str, start_discoverd: StartDiscoverd, members: Members
 ) -> None:
-    binary = ETCD_BINARIES[binary_name]()
+    binary = V2_BOOTSTRAP[binary_name]()
     server = start_discoverd([etcd_endpoint])
     url = server.new(size=3)
 

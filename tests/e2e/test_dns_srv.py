@@ -29,7 +29,7 @@ def namespaces_work() -> str | None:
     return None
 
 
-@pytest.mark.parametrize("version", ["3.5", "3.7"])
+@pytest.mark.parametrize("version", ["3.5", "3.6", "3.7"])
 @pytest.mark.parametrize("srv_name", [None, "prod"], ids=["plain", "discovery-srv-name"])
 def test_srv_bootstrap_in_a_network_namespace(tmp_path, srv_name, version):
     refused = namespaces_work()

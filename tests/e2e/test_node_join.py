@@ -64,8 +64,8 @@ def shown(outcome: dict[str, Any]) -> str:
 
 @pytest.mark.parametrize(
     ("mode", "etcd"),
-    [("discovery", "3.5"), ("discovery", "3.4"), ("discovery", "3.7"), ("srv", "3.5"),
-     ("srv", "3.4")],
+    [("discovery", "3.5"), ("discovery", "3.4"), ("discovery", "3.6"), ("discovery", "3.7"),
+     ("srv", "3.5"), ("srv", "3.4"), ("srv", "3.7")],
 )  # fmt: skip
 def test_cloud_init_nodes_join_and_etcd_starts_from_its_env_file(tmp_path, mode, etcd):
     refused = namespaces_work()
