@@ -19,6 +19,7 @@ from typing import Any
 
 import grpc
 
+from discoverd.discovery.v3 import render
 from discoverd.discovery.v3.pb import discovery_pb2 as pb
 from discoverd.discovery.v3.service import DiscoveryV3, parser
 
@@ -51,18 +52,16 @@ class BindError(OSError):
 
 
 def _handlers(service: DiscoveryV3) -> list[grpc.GenericRpcHandler]:
-    def unary(handler: Any, request: Any, response: Any) -> grpc.RpcMethodHandler[Any, Any]:
+    def unary(handler: Any, request: Any) -> grpc.RpcMethodHandler[Any, Any]:
         return grpc.unary_unary_rpc_method_handler(
-            handler,
-            request_deserializer=parser(request),
-            response_serializer=response.SerializeToString,
+            handler, request_deserializer=parser(request), response_serializer=render.serialize
         )
 
     kv = grpc.method_handlers_generic_handler(
         "etcdserverpb.KV",
         {
-            "Range": unary(service.range, pb.RangeRequest, pb.RangeResponse),
-            "Put": unary(service.put, pb.PutRequest, pb.PutResponse),
+            "Range": unary(service.range, pb.RangeRequest),
+            "Put": unary(service.put, pb.PutRequest),
         },
     )
     watch = grpc.method_handlers_generic_handler(
@@ -71,17 +70,13 @@ def _handlers(service: DiscoveryV3) -> list[grpc.GenericRpcHandler]:
             "Watch": grpc.stream_stream_rpc_method_handler(
                 service.watch,
                 request_deserializer=parser(pb.WatchRequest),
-                response_serializer=pb.WatchResponse.SerializeToString,
+                response_serializer=render.serialize,
             )
         },
     )
     auth = grpc.method_handlers_generic_handler(
         "etcdserverpb.Auth",
-        {
-            "Authenticate": unary(
-                service.authenticate, pb.AuthenticateRequest, pb.AuthenticateResponse
-            )
-        },
+        {"Authenticate": unary(service.authenticate, pb.AuthenticateRequest)},
     )
     return [kv, watch, auth, _Refusals()]
 

@@ -12,16 +12,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, NoReturn
 
 import grpc
 from google.protobuf.message import DecodeError, Message
 
 from discoverd.directory.service import Directory
-from discoverd.discovery.v3 import protocol
+from discoverd.discovery.v3 import protocol, render
 from discoverd.discovery.v3.pb import discovery_pb2 as pb
-from discoverd.discovery.v3.pb import mvcc_pb2
 from discoverd.errors import (
     Conflict,
     DiscoverdError,
@@ -94,6 +93,13 @@ class DiscoveryV3:
         self._directory = directory
         self._registry = directory.registry
         self._on_rpc = on_rpc  # (method, grpc code name) for metrics
+        self._headers: render.Headers | None = None
+
+    def headers(self) -> render.Headers:
+        """The serialized headers at the registry's revision (made once per revision)."""
+        if self._headers is None or self._headers.revision != self._registry.revision:
+            self._headers = render.Headers(self.header())
+        return self._headers
 
     def header(self, revision: int | None = None) -> pb.ResponseHeader:
         return pb.ResponseHeader(
@@ -114,11 +120,13 @@ class DiscoveryV3:
         self._on_rpc("Range", "OK")
         return response
 
-    async def _range(self, request: pb.RangeRequest) -> pb.RangeResponse:
+    async def _range(self, request: pb.RangeRequest) -> pb.RangeResponse | bytes:
         where = protocol.scope(request.key, request.range_end)
         if request.revision > self._registry.revision and self._registry.synced:
             raise _FutureRevision(FUTURE_REVISION)
         cluster = await self._lookup(where.token)
+        if _plain(request):  # what members send, again and again: a shared, serialized answer
+            return self.headers().range + render.range_body(cluster, where)
         found = protocol.select(cluster, where, request.revision) if cluster else []
         found = _filtered(found, request)
         count = len(found)
@@ -167,7 +175,7 @@ class DiscoveryV3:
 
     async def watch(
         self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[pb.WatchResponse]:
+    ) -> AsyncIterator[pb.WatchResponse | bytes]:
         self._on_rpc("Watch", "OK")
         stream = _WatchStream(self)
         reader = asyncio.create_task(stream.read(requests))
@@ -197,6 +205,22 @@ def _checked(request: Any, kind: type[Message]) -> Any:
     if isinstance(request, Malformed):
         raise Invalid(f"malformed {kind.DESCRIPTOR.name}: {request.detail}")
     return request
+
+
+def _plain(request: pb.RangeRequest) -> bool:
+    """A Range with nothing but a key and range end (the member's and etcdctl get's)."""
+    return not (
+        request.revision
+        or request.limit
+        or request.sort_order
+        or request.sort_target
+        or request.keys_only
+        or request.count_only
+        or request.min_mod_revision
+        or request.max_mod_revision
+        or request.min_create_revision
+        or request.max_create_revision
+    )
 
 
 def _filtered(found: list[protocol.Entry], request: pb.RangeRequest) -> list[protocol.Entry]:
@@ -232,7 +256,7 @@ class _WatchStream:
     def __init__(self, service: DiscoveryV3) -> None:
         self._service = service
         self._registry = service._registry
-        self.out: asyncio.Queue[pb.WatchResponse | None] = asyncio.Queue(STREAM_QUEUE)
+        self.out: asyncio.Queue[pb.WatchResponse | bytes | None] = asyncio.Queue(STREAM_QUEUE)
         self._watches: dict[int, asyncio.Task[None]] = {}
         self._next_id = 0
         self.error: DiscoverdError | None = None
@@ -319,13 +343,10 @@ class _WatchStream:
         token = where.token
         while True:
             cluster = self._registry.cluster(token)
-            fresh = protocol.since(cluster, where, start) if cluster is not None else []
-            if fresh:
-                start = fresh[-1].revision + 1
+            fresh = render.watch_events(cluster, where, start) if cluster is not None else None
+            if fresh is not None:
+                newest, events = fresh
+                start = newest + 1
                 if not no_puts:
-                    await self.out.put(self._events(watch_id, fresh))
+                    await self.out.put(self._service.headers().watch_response(watch_id, events))
             await self._registry.wait_member(token, None, start)
-
-    def _events(self, watch_id: int, fresh: Iterable[protocol.Entry]) -> pb.WatchResponse:
-        events = [mvcc_pb2.Event(type=mvcc_pb2.Event.PUT, kv=entry.kv()) for entry in fresh]
-        return pb.WatchResponse(header=self._service.header(), watch_id=watch_id, events=events)
