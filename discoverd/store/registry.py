@@ -74,6 +74,7 @@ class Registry:
         self._revision_waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._sequence = itertools.count()
         self._listeners: list[ChangeListener] = []
+        self._subscribers: dict[str, dict[Callable[[], None], None]] = {}
 
     # -- reads --------------------------------------------------------------------------------
 
@@ -97,6 +98,25 @@ class Registry:
     def add_listener(self, listener: ChangeListener) -> None:
         """Call `listener(tokens)` after every change, with the tokens that changed."""
         self._listeners.append(listener)
+
+    def subscribe(self, token: str, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call `callback()` after every change of `token`'s cluster (its appearance and its
+        removal included); returns the function that unsubscribes. Callbacks run on the loop,
+        inside the change: they must only take note (a v3 watch marks itself dirty)."""
+        self._subscribers.setdefault(token, {})[callback] = None
+
+        def unsubscribe() -> None:
+            subscribers = self._subscribers.get(token)
+            if subscribers is not None:
+                subscribers.pop(callback, None)
+                if not subscribers:
+                    del self._subscribers[token]
+
+        return unsubscribe
+
+    @property
+    def subscribed(self) -> int:
+        return sum(len(callbacks) for callbacks in self._subscribers.values())
 
     # -- updates from the feed ----------------------------------------------------------------
 
@@ -228,6 +248,7 @@ class Registry:
     def _after_change(self, changed: frozenset[str]) -> None:
         for token in changed:
             self._wake(token)
+            self._tell(token)
         while self._revision_waiters and self._revision_waiters[0][0] <= self.revision:
             _, _, future = heapq.heappop(self._revision_waiters)
             if not future.done():
@@ -251,6 +272,13 @@ class Registry:
             self._member_waiters[token] = remaining
         else:
             del self._member_waiters[token]
+
+    def _tell(self, token: str) -> None:
+        for callback in list(self._subscribers.get(token, ())):
+            try:
+                callback()
+            except Exception:  # one subscriber's bug must not stop the others or the view
+                logger.exception("registry subscriber failed")
 
     def _notify(self, changed: frozenset[str]) -> None:
         for listener in self._listeners:

@@ -217,3 +217,18 @@ def test_live_clusters_are_found_by_name():
     assert registry.named("web") == OTHER
     registry.apply([Event(deleted=True, kv=named_kv(TOKEN, 5, "prod"))], revision=5)
     assert registry.named("prod") is None and registry.named("web") == OTHER
+
+
+def test_subscribers_hear_of_their_token_only_until_they_leave():
+    registry = Registry()
+    heard: list[str] = []
+    leave = registry.subscribe(TOKEN, lambda: heard.append("t"))
+    registry.subscribe(OTHER, lambda: heard.append("o"))
+    registry.reset([config_kv(TOKEN, 2), config_kv(OTHER, 2)], revision=2)  # both appear
+    assert sorted(heard) == ["o", "t"]
+    heard.clear()
+    registry.apply([put(KeyValue(keys.v3_member(TOKEN, "a"), b"m=http://10.0.0.1:2380", 3, 3, 7))], 3)  # fmt: skip
+    assert heard == ["t"]
+    leave()
+    registry.apply([put(KeyValue(keys.v3_member(TOKEN, "b"), b"n=http://10.0.0.2:2380", 4, 4, 7))], 4)  # fmt: skip
+    assert heard == ["t"] and registry.subscribed == 1

@@ -21,6 +21,7 @@ from google.protobuf.message import DecodeError, Message
 from discoverd.directory.service import Directory
 from discoverd.discovery.v3 import protocol, render
 from discoverd.discovery.v3.pb import discovery_pb2 as pb
+from discoverd.discovery.v3.watches import WatchStream
 from discoverd.errors import (
     Conflict,
     DiscoverdError,
@@ -31,14 +32,13 @@ from discoverd.errors import (
     Unavailable,
 )
 from discoverd.models import Cluster
+from discoverd.store.registry import Registry
 
 logger = logging.getLogger(__name__)
 
 # The header's cluster and member IDs mean nothing to a discovery client; fixed, non-zero.
 CLUSTER_ID = 0xD15C0
 MEMBER_ID = 0xD15C0D
-MAX_WATCHES_PER_STREAM = 64
-STREAM_QUEUE = 64  # responses buffered per stream for a client that reads slowly
 AUTH_NOT_ENABLED = "etcdserver: authentication is not enabled"  # clientv3 matches this text
 FUTURE_REVISION = "etcdserver: mvcc: required revision is a future revision"
 
@@ -94,6 +94,10 @@ class DiscoveryV3:
         self._registry = directory.registry
         self._on_rpc = on_rpc  # (method, grpc code name) for metrics
         self._headers: render.Headers | None = None
+
+    @property
+    def registry(self) -> Registry:
+        return self._registry
 
     def headers(self) -> render.Headers:
         """The serialized headers at the registry's revision (made once per revision)."""
@@ -177,17 +181,14 @@ class DiscoveryV3:
         self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.WatchResponse | bytes]:
         self._on_rpc("Watch", "OK")
-        stream = _WatchStream(self)
-        reader = asyncio.create_task(stream.read(requests))
+        stream = WatchStream(self, describe)
+        reader = asyncio.create_task(stream.read(requests, _watch_request))
         try:
-            while True:
-                response = await stream.out.get()
-                if response is None:
-                    break
+            async for response in stream.responses():
                 yield response
         finally:
             reader.cancel()
-            await stream.close()
+            stream.close()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
         if stream.error is not None:
@@ -199,6 +200,11 @@ class _FutureRevision(Invalid):
 
 
 STATUS.insert(0, (_FutureRevision, grpc.StatusCode.OUT_OF_RANGE))
+
+
+def _watch_request(request: Any) -> pb.WatchRequest:
+    checked: pb.WatchRequest = _checked(request, pb.WatchRequest)
+    return checked
 
 
 def _checked(request: Any, kind: type[Message]) -> Any:
@@ -248,105 +254,3 @@ def _filtered(found: list[protocol.Entry], request: pb.RangeRequest) -> list[pro
         pb.RangeRequest.VALUE: lambda e: e.value,
     }
     return sorted(found, key=by[target], reverse=order == pb.RangeRequest.DESCEND)
-
-
-class _WatchStream:
-    """The watches of one Watch stream: requests in, responses out through one bounded queue."""
-
-    def __init__(self, service: DiscoveryV3) -> None:
-        self._service = service
-        self._registry = service._registry
-        self.out: asyncio.Queue[pb.WatchResponse | bytes | None] = asyncio.Queue(STREAM_QUEUE)
-        self._watches: dict[int, asyncio.Task[None]] = {}
-        self._next_id = 0
-        self.error: DiscoverdError | None = None
-
-    async def read(self, requests: AsyncIterator[Any]) -> None:
-        try:
-            async for request in requests:
-                await self._handle(_checked(request, pb.WatchRequest))
-        except DiscoverdError as exc:
-            self.error = exc
-        finally:
-            # The client closed its side (or broke the stream): end ours, as etcd does.
-            await self.out.put(None)
-
-    async def close(self) -> None:
-        for task in self._watches.values():
-            task.cancel()
-        await asyncio.gather(*self._watches.values(), return_exceptions=True)
-        self._watches.clear()
-
-    async def _handle(self, request: pb.WatchRequest) -> None:
-        kind = request.WhichOneof("request_union")
-        if kind == "create_request":
-            await self._create(request.create_request)
-        elif kind == "cancel_request":
-            await self._cancel(request.cancel_request.watch_id)
-        elif kind == "progress_request":
-            # -1: a progress notification for every watch of the stream (etcd's convention).
-            await self.out.put(pb.WatchResponse(header=self._service.header(), watch_id=-1))
-        else:
-            raise Invalid("a watch request must carry create_request, cancel_request or progress")
-
-    async def _create(self, create: pb.WatchCreateRequest) -> None:
-        watch_id = create.watch_id or self._free_id()
-        header = self._service.header()
-        try:
-            where = protocol.scope(create.key, create.range_end)
-            if watch_id in self._watches:
-                raise Invalid(f"watch id {watch_id} is already in use on this stream")
-            if len(self._watches) >= MAX_WATCHES_PER_STREAM:
-                raise Invalid(f"at most {MAX_WATCHES_PER_STREAM} watches per stream")
-            if create.start_revision < 0:
-                raise Invalid("start_revision must not be negative")
-        except DiscoverdError as exc:
-            # etcd's way of refusing one watch: created and canceled at once, with the reason.
-            refused = pb.WatchResponse(
-                header=header,
-                watch_id=watch_id,
-                created=True,
-                canceled=True,
-                cancel_reason=describe(exc),
-            )
-            await self.out.put(refused)
-            return
-        start = create.start_revision or self._registry.revision + 1
-        await self.out.put(pb.WatchResponse(header=header, watch_id=watch_id, created=True))
-        no_puts = pb.WatchCreateRequest.NOPUT in create.filters
-        task = asyncio.create_task(self._follow(watch_id, where, start, no_puts))
-        self._watches[watch_id] = task
-
-    def _free_id(self) -> int:
-        while self._next_id in self._watches:
-            self._next_id += 1
-        watch_id = self._next_id
-        self._next_id += 1
-        return watch_id
-
-    async def _cancel(self, watch_id: int) -> None:
-        task = self._watches.pop(watch_id, None)
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await self.out.put(
-            pb.WatchResponse(header=self._service.header(), watch_id=watch_id, canceled=True)
-        )
-
-    async def _follow(
-        self, watch_id: int, where: protocol.Scope, start: int, no_puts: bool
-    ) -> None:
-        """Replay from `start`, then send each new registration in the scope as it arrives.
-        Registrations are create-only, so the view's create revisions are the whole history:
-        a discovery watch is never answered with a compaction."""
-        token = where.token
-        while True:
-            cluster = self._registry.cluster(token)
-            fresh = render.watch_events(cluster, where, start) if cluster is not None else None
-            if fresh is not None:
-                newest, events = fresh
-                start = newest + 1
-                if not no_puts:
-                    await self.out.put(self._service.headers().watch_response(watch_id, events))
-            await self._registry.wait_member(token, None, start)
