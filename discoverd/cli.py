@@ -102,8 +102,8 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument("--version", action="version", version=f"discoverd {__version__}")
     commands = top.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the service")
-    for flag, (_, text) in _SERVE_FLAGS.items():
-        serve.add_argument(flag, default=None, help=text)
+    for flag, (field, text) in _SERVE_FLAGS.items():
+        serve.add_argument(flag, default=None, help=f"{text} [env DISCOVERD_{field.upper()}]")
     _cluster_parsers(commands)
     _cert_parsers(commands)
     _ops_parsers(commands)
@@ -160,28 +160,42 @@ def _cluster_parsers(commands: Any) -> None:
 def _cert_parsers(commands: Any) -> None:
     ca = commands.add_parser("ca", help="offline CA").add_subparsers(dest="action", required=True)
     init = ca.add_parser("init", help="make a CA in a directory (ca.pem, ca-key.pem)")
-    init.add_argument("--dir", type=Path, required=True)
+    init.add_argument(
+        "--dir", type=Path, required=True, help="directory for ca.pem and ca-key.pem (made 0700)"
+    )
     init.add_argument("--cn", default="discoverd etcd CA", help="the CA's common name")
 
     cert = commands.add_parser("cert", help="certificates").add_subparsers(
         dest="action", required=True
     )
     issue = cert.add_parser("issue", help="issue from a cfssl CSR JSON with an offline CA")
-    issue.add_argument("--ca-dir", type=Path, required=True)
-    issue.add_argument("--csr-json", type=Path, required=True)
-    issue.add_argument("--profile", choices=["peer", "server", "client"], default="peer")
+    issue.add_argument(
+        "--ca-dir", type=Path, required=True, help="directory of `ca init` (ca.pem, ca-key.pem)"
+    )
+    issue.add_argument(
+        "--csr-json", type=Path, required=True, help="cfssl CSR JSON: CN, hosts, key"
+    )
+    issue.add_argument(
+        "--profile", choices=["peer", "server", "client"], default="peer", help="(peer)"
+    )
     issue.add_argument("--bare", help="file base name, as cfssljson -bare (default: the CN)")
-    issue.add_argument("--out-dir", type=Path, default=Path())
+    issue.add_argument(
+        "--out-dir", type=Path, default=Path(), help="where <bare>.pem and <bare>-key.pem go (.)"
+    )
     issue.add_argument("--ttl", default="90d", help="lifetime (90d)")
     inspect = cert.add_parser("inspect", help="check a certificate against etcd's rules")
     inspect.add_argument("file", type=Path)
     inspect.add_argument("--ca", type=Path, help="verify the chain to this CA")
-    inspect.add_argument("--profile", choices=["peer", "server", "client"])
+    inspect.add_argument(
+        "--profile", choices=["peer", "server", "client"], help="check against this profile"
+    )
     revoke = cert.add_parser("revoke", help="revoke an issued certificate (talks to etcd)")
-    revoke.add_argument("--token", required=True)
+    revoke.add_argument("--token", required=True, help="the cluster's discovery token")
     revoke.add_argument("--serial", help="hex serial (see GET /api/v1/clusters/<token>)")
     revoke.add_argument("--name", help="revoke every live certificate of this member")
-    revoke.add_argument("--profile", choices=["peer", "server", "client"])
+    revoke.add_argument(
+        "--profile", choices=["peer", "server", "client"], help="with --name: only this profile"
+    )
     revoke.add_argument("--etcd", help="etcd endpoints (default: DISCOVERD_ETCD, or the embedded)")
     revoke.add_argument("--data-dir", help="data dir of an embedded etcd (./discoverd-data)")
 

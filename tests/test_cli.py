@@ -257,3 +257,30 @@ def test_every_serve_flag_is_also_read_from_its_variable(flag, monkeypatch, pki,
     from_env = settings_from(parser().parse_args(["serve"]))
     assert getattr(from_flags, field) != default, "the sample must not be the default"
     assert getattr(from_env, field) == getattr(from_flags, field)
+
+
+def _subparsers(top):
+    for action in top._actions:
+        if action.__class__.__name__ == "_SubParsersAction":
+            for name, sub in action.choices.items():
+                yield name, sub
+                for inner, deeper in _subparsers(sub):
+                    yield f"{name} {inner}", deeper
+
+
+def test_every_flag_of_every_command_has_help():
+    missing = [
+        f"{name} {action.option_strings[0]}"
+        for name, sub in _subparsers(parser())
+        for action in sub._actions
+        if action.option_strings and action.option_strings[0] != "-h" and not action.help
+    ]
+    assert missing == []
+
+
+def test_serve_help_names_each_variable(capsys):
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines anywhere
+    for flag, (field, _) in _SERVE_FLAGS.items():
+        assert f"[env DISCOVERD_{field.upper()}]" in text, flag
