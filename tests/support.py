@@ -14,6 +14,10 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+# Settings for an in-process app that binds no fixed port: the defaults (DNS 8053, gRPC 8379)
+# would collide with a second test run, or with a `make run`, on the same machine.
+FREE_PORTS = {"dns_listen": "127.0.0.1:0", "grpc_listen": "127.0.0.1:0"}
+
 
 def wait_until(
     check: Callable[[], bool], timeout: float, what: str, interval: float = 0.05

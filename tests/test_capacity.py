@@ -12,6 +12,7 @@ from discoverd import appkeys
 from discoverd.app import build_app
 from discoverd.config import Settings
 from discoverd.store.embedded import EmbeddedEtcd
+from tests.support import FREE_PORTS
 
 
 @pytest.fixture
@@ -25,9 +26,7 @@ async def private_etcd(tmp_path) -> AsyncIterator[EmbeddedEtcd]:
 
 
 def settings_for(etcd: EmbeddedEtcd, tmp_path, **extra) -> Settings:
-    return Settings(
-        etcd=etcd.endpoint, data_dir=tmp_path, new_rate=0, dns_listen="127.0.0.1:0", **extra
-    )
+    return Settings(etcd=etcd.endpoint, data_dir=tmp_path, new_rate=0, **FREE_PORTS, **extra)
 
 
 async def test_live_tokens_are_capped(aiohttp_client, private_etcd, tmp_path):

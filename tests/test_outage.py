@@ -14,6 +14,7 @@ from discoverd import app as app_module
 from discoverd.app import build_app
 from discoverd.config import Settings
 from discoverd.store.embedded import EmbeddedEtcd, free_port
+from tests.support import FREE_PORTS
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 TOKEN = "0123456789abcdef0123456789abcdef"
@@ -39,7 +40,9 @@ def quick_start(monkeypatch):
 
 @pytest.mark.parametrize(("method", "path", "body"), ROUTES)
 async def test_etcd_never_reachable(aiohttp_client, tmp_path, quick_start, method, path, body):
-    settings = Settings(etcd=f"http://127.0.0.1:{free_port()}", data_dir=tmp_path, new_rate=0)
+    settings = Settings(
+        etcd=f"http://127.0.0.1:{free_port()}", data_dir=tmp_path, new_rate=0, **FREE_PORTS
+    )
     client = await aiohttp_client(build_app(settings))
     response, took = await timed(client, method, path, body)
     assert response.status == 503
@@ -55,7 +58,9 @@ async def test_etcd_stops_and_returns(aiohttp_client, tmp_path):
     etcd = EmbeddedEtcd(tmp_path / "backing", name="outage")
     etcd.start()
     try:
-        settings = Settings(etcd=etcd.endpoint, data_dir=tmp_path, new_rate=0, wait_timeout="30s")
+        settings = Settings(
+            etcd=etcd.endpoint, data_dir=tmp_path, new_rate=0, wait_timeout="30s", **FREE_PORTS
+        )
         client = await aiohttp_client(build_app(settings))
         token = (await (await client.post("/new?size=3")).text()).rsplit("/", 1)[1]
         first = await client.put(f"/{token}/a1", data="value=m1=http://10.0.0.1:2380", headers=FORM)
@@ -104,7 +109,7 @@ async def test_a_frozen_etcd_stops_the_view_within_2s(aiohttp_client, tmp_path):
     try:
         assert etcd.process is not None
         pid = etcd.process.pid
-        settings = Settings(etcd=etcd.endpoint, data_dir=tmp_path, new_rate=0)
+        settings = Settings(etcd=etcd.endpoint, data_dir=tmp_path, new_rate=0, **FREE_PORTS)
         client = await aiohttp_client(build_app(settings))
         token = (await (await client.post("/new?size=3")).text()).rsplit("/", 1)[1]
         size = f"/{token}/_config/size"
