@@ -1,8 +1,8 @@
 """CSR signings per second over HTTP: discoverd's POST /api/v1/certs, then `cfssl serve`'s
 POST /api/v1/cfssl/sign (the anchor: Debian's golang-cfssl 1.2.0), in the same run.
 
-Both sign the same P-256 CSR (CN bench-member, SAN IP:10.0.0.1) with a P-256 CA key
-(ECDSA-SHA256), under wrk -t2 -c32 for `duration` seconds:
+Both sign P-256 CSRs (CN bench-member, one key) with a P-256 CA key (ECDSA-SHA256), under
+wrk -t2 -c32 for `duration` seconds:
 
     discoverd  every request enrolls a new (token, name) for the peer profile, as a name can be
                enrolled once per profile (a second time is a 409) and a token enrolls at most
@@ -13,14 +13,16 @@ Both sign the same P-256 CSR (CN bench-member, SAN IP:10.0.0.1) with a P-256 CA 
     cfssl      `cfssl serve` with an ECDSA P-256 CA made by `cfssl gencert -initca` and a default
                signing profile (signing, key encipherment, server auth, client auth; 2160h),
                at -loglevel 2 (warnings, as discoverd runs at --log-level warning: at its
-               default it logs every signing). One body, {"certificate_request": PEM}, repeated.
+               default it logs every signing). One body, {"certificate_request": PEM} with
+               member n0's CSR (SAN IP:10.0.0.1), repeated.
 
 Before any load one request of each is checked (discoverd: 200 and a certificate for the name
 with the SAN, signed by the returned CA; cfssl: success true and the same). During each load
 the CPU seconds of the server processes (discoverd and etcd; cfssl) and of wrk are recorded.
 What the two do per request differs: discoverd also validates the token, the name and the SAN
-policy, and records each certificate in etcd (one transaction); cfssl 1.2 without -db-config
-stores nothing.
+policy, and records each certificate in etcd (the enrollments that arrive together share one
+transaction); cfssl 1.2 without -db-config stores nothing. The CPU of discoverd is also split by
+thread: `main` (the event loop: HTTP, checks, signing) and `python` (etcd calls, the watch).
 
 When discoverd signs fewer per second than cfssl, one more (unscored) load runs with py-spy
 (`py-spy record --gil -f raw`) on discoverd, and its samples are summarized: where the GIL time
@@ -38,6 +40,7 @@ import contextlib
 import ipaddress
 import json
 import math
+import os
 import resource
 import shutil
 import subprocess
@@ -168,7 +171,7 @@ def plan(duration: float) -> dict[str, Any]:
     return {
         "duration_s": duration,
         "cert_profile": PROFILE,
-        "csr": f"ECDSA P-256, CN {CSR_NAME}, SAN IP:{SAN_IP}",
+        "csr": f"ECDSA P-256, CN {CSR_NAME}, SAN IP:{SAN_IP} (member n<i>: {SAN_IP} + i)",
         "load_tool": "wrk" if load.wrk_path() else "aiohttp fallback (wrk not installed)",
         "cfssl": {"path": cfssl, "version": cfssl_version(cfssl) if cfssl else None},
         "py_spy": tool_path("py-spy"),
@@ -178,19 +181,27 @@ def plan(duration: float) -> dict[str, Any]:
 # -- what is sent ------------------------------------------------------------------------------
 
 
-def make_csr() -> str:
-    """A P-256 CSR (CN bench-member, SAN IP:10.0.0.1), PEM; one serves every request."""
+def member_ip(index: int) -> str:
+    """The IP SAN of member n<index>: 10.0.0.1 for n0, then one address each (10.0.0.0/22)."""
+    return str(ipaddress.ip_address(SAN_IP) + index)
+
+
+def make_csrs(count: int = TOKEN_SIZE) -> list[str]:
+    """P-256 CSRs (CN bench-member, SAN IP:member_ip(i)) of one key, PEM: CSR i serves member
+    n<i> of every token."""
     key = ec.generate_private_key(ec.SECP256R1())
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, CSR_NAME)]))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(SAN_IP))]),
-            critical=False,
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, CSR_NAME)])
+    csrs = []
+    for index in range(count):
+        san = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(member_ip(index)))])
+        csr = (
+            x509.CertificateSigningRequestBuilder()
+            .subject_name(subject)
+            .add_extension(san, critical=False)
+            .sign(key, hashes.SHA256())
         )
-        .sign(key, hashes.SHA256())
-    )
-    return csr.public_bytes(serialization.Encoding.PEM).decode()
+        csrs.append(csr.public_bytes(serialization.Encoding.PEM).decode())
+    return csrs
 
 
 def enroll_body(token: str, name: str, csr: str, profile: str = PROFILE) -> bytes:
@@ -198,12 +209,15 @@ def enroll_body(token: str, name: str, csr: str, profile: str = PROFILE) -> byte
     return json.dumps(body, separators=(",", ":")).encode()
 
 
-def enrollments(tokens: Sequence[str], csr: str, count: int) -> list[bytes]:
-    """`count` unique bodies: body k enrolls member n<k div T> of token k mod T (T tokens)."""
-    if count > len(tokens) * TOKEN_SIZE:
+def enrollments(tokens: Sequence[str], csrs: Sequence[str], count: int) -> list[bytes]:
+    """`count` unique bodies: body k enrolls member n<k div T> of token k mod T (T tokens),
+    with CSR k div T."""
+    if count > len(tokens) * min(TOKEN_SIZE, len(csrs)):
         raise ValueError(f"{len(tokens)} tokens of size {TOKEN_SIZE} hold fewer than {count}")
     width = len(tokens)
-    return [enroll_body(tokens[k % width], f"n{k // width}", csr) for k in range(count)]
+    return [
+        enroll_body(tokens[k % width], f"n{k // width}", csrs[k // width]) for k in range(count)
+    ]
 
 
 async def new_tokens(base: str, count: int, size: int = TOKEN_SIZE) -> list[str]:
@@ -304,6 +318,26 @@ def _cpu(pid: int) -> float:
     return sum(servers.cpu_seconds(pid))
 
 
+def _rounded(seconds: Counter[str]) -> dict[str, float]:
+    return {kind: round(value, 2) for kind, value in seconds.most_common()}
+
+
+def thread_cpu(pid: int) -> Counter[str]:
+    """CPU seconds (user + system) of `pid`'s live threads by kind: its thread names (comm)
+    without the number a pool gives each (`etcd_3` -> `etcd`); the main thread as `main`."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found: Counter[str] = Counter()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            head, _, tail = (task / "stat").read_text().rpartition(")")
+        except OSError:
+            continue  # the thread ended
+        fields = tail.split()
+        name = "main" if task.name == str(pid) else head.partition("(")[2].rstrip("0123456789_")
+        found[name] += (int(fields[11]) + int(fields[12])) / tick
+    return found
+
+
 async def _load(
     spec: Load, scratch: Path, lua: str, bodies: Sequence[bytes]
 ) -> tuple[LoadResult, dict[str, Any]]:
@@ -364,20 +398,27 @@ async def _timed(
 ) -> dict[str, Any]:
     """One load with the CPU seconds of `pids` and of the load generator during it."""
     before = {name: _cpu(pid) for name, pid in pids.items()}
+    threads = {name: thread_cpu(pid) for name, pid in pids.items()}
     children = _children_cpu()
     started = time.monotonic()
     result, script = await _load(spec, scratch, lua, bodies)
     wall = time.monotonic() - started
     cpu = {name: round(_cpu(pid) - before[name], 2) for name, pid in pids.items()}
+    by_thread = {name: _rounded(thread_cpu(pid) - threads[name]) for name, pid in pids.items()}
     found = result.as_dict()
     found["signings_per_s"] = result.requests_per_s
     found["load_cpu_s"] = {**cpu, "load_generator": round(_children_cpu() - children, 2)}
     found["load_cpu_s"]["wall"] = round(wall, 2)
     if load.wrk_path() is None:
         found["load_cpu_s"]["load_generator"] = None  # the fallback runs in this process
+    found["load_cpu_s_by_thread"] = by_thread  # threads that ended during the load are missing
     if result.requests:
         found["cpu_us_per_signing"] = {
             name: round(seconds / result.requests * 1e6, 1) for name, seconds in cpu.items()
+        }
+        found["cpu_us_per_signing_by_thread"] = {
+            name: {kind: round(s / result.requests * 1e6, 1) for kind, s in kinds.items()}
+            for name, kinds in by_thread.items()
         }
     found["cores_busy"] = {
         name: round(seconds / max(result.duration_s, 1e-9), 2) for name, seconds in cpu.items()
@@ -430,12 +471,12 @@ async def make_cas(base: str, tokens: Sequence[str]) -> float:
 
 
 async def _prepare(
-    stack: servers.Stack, scratch: Path, csr: str, count: int, name: str
+    stack: servers.Stack, scratch: Path, csrs: Sequence[str], count: int, name: str
 ) -> tuple[list[bytes], Path, dict[str, Any]]:
     """Tokens with their CAs, and `count` unique enrollment bodies written one per line."""
     tokens = await new_tokens(stack.url, tokens_for(count))
     ca_ms = await make_cas(stack.url, tokens)
-    bodies = enrollments(tokens, csr, count)
+    bodies = enrollments(tokens, csrs, count)
     path = scratch / f"{name}.bodies"
     path.write_bytes(b"\n".join(bodies) + b"\n")
     made = {"bodies": count, "tokens": len(tokens), "token_size": TOKEN_SIZE}
@@ -450,11 +491,12 @@ async def discoverd_side(
     stack: servers.Stack, scratch: Path, duration: float, say: Callable[[str], None]
 ) -> dict[str, Any]:
     """Check one enrollment, then wrk unique enrollments at discoverd for `duration` s."""
-    csr = make_csr()
-    (scratch / "bench.csr").write_text(csr)
-    checked = await check_discoverd(stack.url, csr)
+    csrs = make_csrs()
+    (scratch / "bench.csr").write_text(csrs[0])
+    (scratch / "bench.csrs.json").write_text(json.dumps(csrs))
+    checked = await check_discoverd(stack.url, csrs[0])
     count = max(MIN_BODIES, math.ceil(duration * BODIES_PER_SECOND))
-    bodies, path, made = await _prepare(stack, scratch, csr, count, "certs-discoverd")
+    bodies, path, made = await _prepare(stack, scratch, csrs, count, "certs-discoverd")
     spec = Load("certs_discoverd", f"{stack.url}/api/v1/certs", "POST", duration)
     say(
         f"  wrk: {count:,} unique enrollments over {made['tokens']} tokens of size "
@@ -474,9 +516,14 @@ async def discoverd_side(
     )
     _fail_on_rejections(found, "POST /api/v1/certs")
     cpu = found["load_cpu_s"]
+    threads = ", ".join(
+        f"{kind} {us:,.0f}"
+        for kind, us in found.get("cpu_us_per_signing_by_thread", {}).get("discoverd", {}).items()
+    )
     say(
         f"    {found['signings_per_s']:,.0f} signings/s, p50 {found['p50_ms']:.1f} ms, "
-        f"CPU discoverd {cpu['discoverd']} s + etcd {cpu['etcd']} s"
+        f"CPU discoverd {cpu['discoverd']} s + etcd {cpu['etcd']} s; discoverd's µs per "
+        f"signing by thread: {threads}"
     )
     return found
 
@@ -487,7 +534,7 @@ async def cfssl_side(scratch: Path, duration: float, say: Callable[[str], None])
     if binary is None:
         return {"skipped": "cfssl not installed (Debian golang-cfssl; `make bench` installs it)"}
     csr_path = scratch / "bench.csr"
-    csr = csr_path.read_text() if csr_path.exists() else make_csr()
+    csr = csr_path.read_text() if csr_path.exists() else make_csrs(1)[0]
     body = json.dumps({"certificate_request": csr}).encode()
     body_path = scratch / "cfssl-sign.json"
     body_path.write_bytes(body)
@@ -640,8 +687,8 @@ async def profile_discoverd(
     seconds = min(PROFILE_SECONDS, duration)
     length = seconds + PROFILE_EXTRA_LOAD
     count = max(MIN_BODIES, math.ceil(rate * length * 2))  # twice what the scored run managed
-    csr = (scratch / "bench.csr").read_text()
-    bodies, path, _ = await _prepare(stack, scratch, csr, count, "certs-profile")
+    csrs = json.loads((scratch / "bench.csrs.json").read_text())
+    bodies, path, _ = await _prepare(stack, scratch, csrs, count, "certs-profile")
     spec = Load("certs_profile", f"{stack.url}/api/v1/certs", "POST", length)
     output = scratch / "discoverd.pyspy.raw"
     command = [py_spy, "record", "--gil", "-f", "raw", "-d", f"{seconds:g}"]

@@ -184,10 +184,10 @@ class Cluster:
         return replace(self, api_members=tuple(m for m in self.api_members if m.name != name))
 
     def with_cert(self, record: CertRecord) -> Cluster:
-        if not self.certs or (
-            record.issued_at >= self.certs[-1].issued_at and self.cert(record.serial) is None
-        ):
-            return replace(self, certs=(*self.certs, record))  # the common case: a new one
+        # The common case, a new one: later than every record held, so none of them (a record
+        # keeps its issued_at when it is marked revoked), found without a scan.
+        if not self.certs or record.issued_at > self.certs[-1].issued_at:
+            return replace(self, certs=(*self.certs, record))
         kept = tuple(c for c in self.certs if c.serial != record.serial)
         return replace(self, certs=tuple(sorted((*kept, record), key=lambda c: c.issued_at)))
 

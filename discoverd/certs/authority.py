@@ -8,37 +8,62 @@ mint new identities; a certificate names only its member (`certs.policy`). Renew
 possession of the current key (a CSR signed with the key of the current certificate, which
 must chain to the cluster's CA and not be revoked), keeps the name, profile and SANs, and
 revokes the certificate it replaces. A key an operator revoked is refused for enrollment and
-renewal. Nothing here logs a key, a CSR or a token.
+renewal. Enrollments are checked against an index of the cluster's inventory
+(`certs.inventory`) and recorded by group commit (`certs.enrolling`). A CRL is signed again
+when a revocation changes it and when it is CRL_REFRESH old, by `clock`, so the CRL served is
+never near its nextUpdate. Nothing here logs a key, a CSR or a token.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import datetime as dt
 import hashlib
 import ipaddress
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography import x509 as cx509
 
 from discoverd.certs import policy, x509
+from discoverd.certs.enrolling import EnrollmentBatcher
+from discoverd.certs.inventory import Index, Inventories
 from discoverd.certs.x509 import Profile
 from discoverd.directory import rules
 from discoverd.directory.service import Directory
 from discoverd.errors import Conflict, Forbidden, Invalid, NotFound, Unavailable
 from discoverd.models import CaRecord, CertRecord, Cluster
-from discoverd.store.certificates import CertificateStore, EnrollRefusal, Hold
+from discoverd.store.certificates import CertificateStore
 from discoverd.store.clusters import LeaseGone
-from discoverd.store.gateway import EtcdRejected
+from discoverd.store.enrollment import Enrollment, EnrollRefusal
 
 logger = logging.getLogger(__name__)
 
 KEY_CACHE = 1024
+CRL_LIFETIME = dt.timedelta(days=7)  # a CRL's nextUpdate is this long after its lastUpdate
+# A served CRL is signed again once it is this old, so its nextUpdate is always at least
+# CRL_LIFETIME - CRL_REFRESH away (etcd 3.6 refuses every connection on an expired CRL).
+CRL_REFRESH = CRL_LIFETIME / 2
+
+
+@dataclass(frozen=True, slots=True)
+class _Ca:
+    key: x509.PrivateKey
+    pem: str
+    cert: cx509.Certificate
+    key_identifier: cx509.AuthorityKeyIdentifier  # worked out once: every leaf carries it
+
+
+@dataclass(frozen=True, slots=True)
+class _Crl:
+    serials: tuple[str, ...]  # the revoked serials it lists
+    signed_at: float  # the authority's clock when it was signed
+    number: int  # its CRLNumber
+    crl: cx509.CertificateRevocationList
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,34 +81,36 @@ class Authority:
         service_key: bytes,
         zone: str,
         cert_ttl: float,
+        *,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._discovery = discovery
         self._store = store
+        self._enrolling = EnrollmentBatcher(discovery, store)
+        self.clock = clock  # the time CRLs are signed at (and refreshed by)
         self._service_key = service_key
         self.key_id = hashlib.sha256(b"discoverd-service-key" + service_key).hexdigest()[:16]
         self._zone = zone
         self._lifetime = dt.timedelta(seconds=cert_ttl)
-        # token -> (key, CA PEM, parsed CA): the hot path parses nothing
-        self._cas: OrderedDict[str, tuple[x509.PrivateKey, str, cx509.Certificate]] = OrderedDict()
-        self._crls: OrderedDict[str, tuple[tuple[str, ...], cx509.CertificateRevocationList]] = (
-            OrderedDict()
-        )
+        self._cas: OrderedDict[str, _Ca] = OrderedDict()  # the hot path parses nothing
+        self._inventories = Inventories()
+        self._crls: OrderedDict[str, _Crl] = OrderedDict()
         self._ca_lock = asyncio.Lock()
 
     # -- the CA --------------------------------------------------------------------------------
 
     async def ca_pem(self, token: str) -> str:
         cluster = await self._discovery.cluster(token)
-        return (await self._ca(cluster))[1]
+        return (await self._ca(cluster)).pem
 
-    async def _ca(self, cluster: Cluster) -> tuple[x509.PrivateKey, str, cx509.Certificate]:
+    async def _ca(self, cluster: Cluster) -> _Ca:
         """The cluster's CA key, PEM and certificate (made on first use; cached per token)."""
         record = cluster.ca
         if record is None:
             async with self._ca_lock:
                 record = cluster.ca or await self._create_ca(cluster)
         cached = self._cas.get(cluster.token)
-        if cached is not None and cached[1] == record.certificate:
+        if cached is not None and cached.pem == record.certificate:
             return cached
         if record.key_id != self.key_id:
             raise Unavailable(
@@ -97,10 +124,8 @@ class Authority:
             raise Unavailable(str(exc)) from exc
         return self._remember(cluster.token, key, record.certificate)
 
-    def _remember(
-        self, token: str, key: x509.PrivateKey, pem: str
-    ) -> tuple[x509.PrivateKey, str, cx509.Certificate]:
-        entry = self._cas[token] = (key, pem, x509.load_cert(pem))
+    def _remember(self, token: str, key: x509.PrivateKey, pem: str) -> _Ca:
+        entry = self._cas[token] = _Ca(key, pem, x509.load_cert(pem), x509.key_identifier(key))
         while len(self._cas) > KEY_CACHE:
             self._cas.popitem(last=False)
         return entry
@@ -130,14 +155,15 @@ class Authority:
 
     async def enroll(self, token: str, name: str, csr_pem: str, profile_name: str) -> Issued:
         profile = _profile(profile_name)
-        csr = x509.load_csr(csr_pem)
+        request = x509.load_request(csr_pem)
         cluster = await self._discovery.bootstrap_cluster(token)
         name = policy.subject_name(profile, name, allow_root=cluster.config.allow_root)
-        if x509.spki_sha256(csr.public_key()) in cluster.revoked_keys():
+        inventory = self._inventories.of(cluster)
+        if request.spki_sha256 in inventory.revoked_keys:
             raise Forbidden("this key belongs to a revoked certificate; make a new key")
-        requested = x509.csr_sans(csr)
-        sans = policy.leaf_sans(profile, requested, self._policy(cluster), name, _taken(cluster))
-        names = cluster.cert_names(profile.value)
+        taken = _taken(inventory, request.sans)
+        sans = policy.leaf_sans(profile, request.sans, self._policy(cluster), name, taken)
+        names = inventory.names.get(profile.value, set())
         limit = cluster.config.size
         if profile is Profile.CLIENT and cluster.config.clients is not None:
             limit = cluster.config.clients
@@ -148,8 +174,8 @@ class Authority:
                 "enrollment is closed",
                 cause=name,
             )
-        issued = await self._issue(cluster, csr.public_key(), name, sans, profile)
-        revision = await self._record(token, issued.record, limit)
+        issued = await self._issue(cluster, request, name, sans, profile)
+        revision = await self._enrolling.enroll(Enrollment(token, issued.record, limit))
         if revision is EnrollRefusal.FULL:
             raise Forbidden(
                 f"{limit} names already hold a {profile.value} certificate in this cluster; "
@@ -166,40 +192,15 @@ class Authority:
         await self._discovery.settle(revision)
         return issued
 
-    async def _record(self, token: str, record: CertRecord, limit: int) -> int | EnrollRefusal:
-        """Record an enrollment; the first one also moves the cluster (config, CA, name) from
-        the token's lease to one as long as the CA, in the same transaction."""
-        cluster = await self._discovery.cluster(token)  # issuing may have made the CA
-        for _ in range(3):
-            if cluster.config.held_by_ca:
-                return await self._store.enroll(token, record, cluster.lease, limit)
-            if cluster.ca is None:  # this replica's view lags the CA it just made
-                cluster = await self._discovery.fresh_cluster(token)
-                if cluster.ca is None:
-                    raise Unavailable("the cluster's CA is not readable yet; retry")
-            lease = await self._store.grant_lease(int(x509.CA_LIFETIME.total_seconds()))
-            hold = Hold(cluster.config, cluster.ca, cluster.lease, lease)
-            outcome: int | EnrollRefusal = EnrollRefusal.MOVED
-            try:
-                outcome = await self._store.enroll(token, record, cluster.lease, limit, hold)
-            finally:
-                if not isinstance(outcome, int):  # the lease holds nothing: give it back
-                    with contextlib.suppress(Unavailable, EtcdRejected):
-                        await self._store.revoke_lease(lease)
-            if outcome is not EnrollRefusal.MOVED:
-                return outcome
-            cluster = await self._discovery.fresh_cluster(token)  # another enrollment held it
-        raise Unavailable("the cluster kept moving between leases; retry")
-
     async def renew(self, token: str, cert_pem: str, csr_pem: str) -> Issued:
         cluster = await self._discovery.cluster(token)
-        _, _, ca_cert = await self._ca(cluster)
+        ca = await self._ca(cluster)
         current = x509.load_cert(cert_pem)
-        if not x509.issued_by(current, ca_cert):
+        if not x509.issued_by(current, ca.cert):
             raise Forbidden("this certificate was not issued by this cluster's CA")
-        csr = x509.load_csr(csr_pem)
+        request = x509.load_request(csr_pem)
         key_id = x509.spki_sha256(current.public_key())
-        if x509.spki_sha256(csr.public_key()) != key_id:
+        if request.spki_sha256 != key_id:
             raise Forbidden("the csr must be signed with the key of the certificate to renew")
         record = cluster.cert(format(current.serial_number, "x"))
         if record is None:
@@ -214,7 +215,7 @@ class Authority:
             raise Forbidden("this certificate has expired; an operator must re-issue it")
         profile = Profile(record.profile)
         sans = policy.relabel(x509.cert_sans(current), token, rules.cluster_label(token))
-        issued = await self._issue(cluster, csr.public_key(), record.name, sans, profile)
+        issued = await self._issue(cluster, request, record.name, sans, profile)
         old = record.model_copy(
             update={"revoked_at": time.time(), "superseded_by": issued.record.serial}
         )
@@ -225,17 +226,18 @@ class Authority:
         return issued
 
     async def _issue(
-        self, cluster: Cluster, public_key: object, name: str, sans: x509.Sans, profile: Profile
+        self, cluster: Cluster, request: x509.Request, name: str, sans: x509.Sans, profile: Profile
     ) -> Issued:
-        key, ca_pem, ca_cert = await self._ca(cluster)
+        ca = await self._ca(cluster)
         cert = x509.issue(
-            key,
-            ca_cert,
-            public_key=public_key,
+            ca.key,
+            ca.cert,
+            public_key=request.public_key,
             common_name=name,
             sans=sans,
             profile=profile,
             lifetime=self._lifetime,
+            authority_key_id=ca.key_identifier,
         )
         record = CertRecord(
             serial=format(cert.serial_number, "x"),
@@ -245,9 +247,9 @@ class Authority:
             not_after=cert.not_valid_after_utc.timestamp(),
             fingerprint=x509.fingerprint(cert),
             issued_at=time.time(),
-            spki_sha256=x509.spki_sha256(public_key),
+            spki_sha256=request.spki_sha256,
         )
-        return Issued(x509.pem(cert), ca_pem, record)
+        return Issued(x509.pem(cert), ca.pem, record)
 
     # -- revocation ----------------------------------------------------------------------------
 
@@ -268,20 +270,32 @@ class Authority:
         return x509.der(await self._crl(token))
 
     async def _crl(self, token: str) -> cx509.CertificateRevocationList:
+        """The cluster's CRL, signed again when a revocation changed it or when it is
+        CRL_REFRESH old, so a quiet cluster is never served an expired one."""
         cluster = await self._discovery.cluster(token)
         revoked = [c for c in cluster.certs if c.revoked_at is not None]
         serials = tuple(sorted(c.serial for c in revoked))
+        now = self.clock()
         cached = self._crls.get(token)
-        if cached is not None and cached[0] == serials:
-            return cached[1]
-        key, _, ca_cert = await self._ca(cluster)
+        if (
+            cached is not None
+            and cached.serials == serials
+            and 0 <= now - cached.signed_at < CRL_REFRESH.total_seconds()
+        ):
+            return cached.crl
+        ca = await self._ca(cluster)
         entries = [
             (int(c.serial, 16), dt.datetime.fromtimestamp(c.revoked_at or 0, dt.UTC))
             for c in revoked
         ]
-        number = max((int(c.revoked_at or 0) for c in revoked), default=0) + len(revoked)
-        crl = x509.crl(key, ca_cert, entries, number)
-        self._crls[token] = (serials, crl)
+        # Milliseconds of the signing time: a CRL signed later has a larger number (and one
+        # signed by a version that counted revocation seconds, a smaller one).
+        number = max(int(now * 1000), cached.number + 1 if cached is not None else 0)
+        at = dt.datetime.fromtimestamp(now, dt.UTC)
+        crl = x509.crl(ca.key, ca.cert, entries, number, CRL_LIFETIME, at=at,
+                       authority_key_id=ca.key_identifier)  # fmt: skip
+        self._crls[token] = _Crl(serials, now, number, crl)
+        self._crls.move_to_end(token)
         while len(self._crls) > KEY_CACHE:
             self._crls.popitem(last=False)
         return crl
@@ -294,15 +308,14 @@ class Authority:
         return policy.SanPolicy(tuple(domains), cluster.config.dns_suffixes, cidrs)
 
 
-def _taken(cluster: Cluster) -> dict[policy.IPAddress, str]:
-    """The IP SANs of the cluster's live member certificates, and whose they are."""
+def _taken(inventory: Index, wanted: x509.Sans) -> dict[policy.IPAddress, str]:
+    """Which member's live certificate holds each IP SAN in `wanted` (loopback aside: every
+    member has it)."""
     taken: dict[policy.IPAddress, str] = {}
-    for cert in cluster.certs:
-        if cert.revoked_at is not None or cert.profile == Profile.CLIENT.value:
-            continue
-        for san in cert.sans:
-            with contextlib.suppress(ValueError):
-                taken.setdefault(ipaddress.ip_address(san), cert.name)
+    for ip in wanted.ips:
+        holder = None if ip.is_loopback else inventory.holder(str(ip))
+        if holder is not None:
+            taken[ip] = holder
     return taken
 
 

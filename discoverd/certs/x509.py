@@ -12,6 +12,7 @@ import os
 import secrets
 from dataclasses import dataclass
 from enum import Enum
+from typing import cast
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -23,6 +24,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from discoverd.errors import Invalid
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
+PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey
 BACKDATE = dt.timedelta(minutes=5)
 CA_LIFETIME = dt.timedelta(days=3650)
 MAX_CSR_BYTES = 16 * 1024
@@ -121,8 +123,27 @@ def random_serial() -> int:
     return secrets.randbits(128) | (1 << 127)
 
 
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A checked CSR, read once: its public key, that key's SHA-256 and the SANs it asks for."""
+
+    public_key: PublicKey
+    spki_sha256: str
+    sans: Sans
+
+
+def load_request(pem: str) -> Request:
+    """`load_csr`, with what an enrollment needs from it worked out once."""
+    csr, public = _load_csr(pem)
+    return Request(public, spki_sha256(public), csr_sans(csr))
+
+
 def load_csr(pem: str) -> x509.CertificateSigningRequest:
     """A CSR whose signature verifies and whose key is one etcd and we accept."""
+    return _load_csr(pem)[0]
+
+
+def _load_csr(pem: str) -> tuple[x509.CertificateSigningRequest, PublicKey]:
     if len(pem) > MAX_CSR_BYTES:
         raise Invalid(f"csr is over {MAX_CSR_BYTES} bytes")
     try:
@@ -131,8 +152,9 @@ def load_csr(pem: str) -> x509.CertificateSigningRequest:
         raise Invalid("csr is not a PEM certificate request") from exc
     if not csr.is_signature_valid:
         raise Invalid("csr signature does not verify")
-    check_public_key(csr.public_key())
-    return csr
+    public = csr.public_key()
+    check_public_key(public)
+    return csr, cast(PublicKey, public)  # what check_public_key lets through
 
 
 def check_public_key(public: object) -> None:
@@ -169,7 +191,10 @@ def issue(
     profile: Profile,
     lifetime: dt.timedelta,
     subject: x509.Name | None = None,
+    authority_key_id: x509.AuthorityKeyIdentifier | None = None,
 ) -> x509.Certificate:
+    """A leaf for `public_key` signed by the CA; `authority_key_id`, the CA's, saves working
+    it out for every leaf (`key_identifier`)."""
     start = now() - BACKDATE
     end = min(start + BACKDATE + lifetime, ca_cert.not_valid_after_utc)
     rsa_key = isinstance(public_key, rsa.RSAPublicKey)
@@ -192,10 +217,7 @@ def issue(
         )
         .add_extension(x509.ExtendedKeyUsage(profile.usages), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)  # type: ignore[arg-type]
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-            critical=False,
-        )
+        .add_extension(authority_key_id or key_identifier(ca_key), critical=False)
     )  # fmt: skip
     if sans.dns or sans.ips:
         builder = builder.add_extension(sans.extension(), critical=False)
@@ -208,23 +230,30 @@ def crl(
     revoked: list[tuple[int, dt.datetime]],
     number: int,
     lifetime: dt.timedelta = dt.timedelta(days=7),
+    *,
+    at: dt.datetime | None = None,
+    authority_key_id: x509.AuthorityKeyIdentifier | None = None,
 ) -> x509.CertificateRevocationList:
-    start = now() - BACKDATE
+    """A CRL of `revoked` (serial, revocation time) signed `at` (now): lastUpdate `at` (less
+    BACKDATE, for clocks behind ours), nextUpdate `lifetime` later."""
+    start = (at or now()) - BACKDATE
     builder = (
         x509.CertificateRevocationListBuilder()
         .issuer_name(ca_cert.subject)
         .last_update(start)
         .next_update(start + lifetime)
         .add_extension(x509.CRLNumber(number), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-            critical=False,
-        )
+        .add_extension(authority_key_id or key_identifier(ca_key), critical=False)
     )
     for serial, when in revoked:
         entry = x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(when).build()
         builder = builder.add_revoked_certificate(entry)
     return builder.sign(ca_key, _hash_for(ca_key))
+
+
+def key_identifier(ca_key: PrivateKey) -> x509.AuthorityKeyIdentifier:
+    """The authority key identifier of what `ca_key` signs."""
+    return x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key())
 
 
 def pem(item: x509.Certificate | x509.CertificateRevocationList) -> str:

@@ -1,77 +1,50 @@
 """Certificate authority state in etcd, one transaction per change. Keys come from `store.keys`.
 
 A cluster's CA is created once (create-only; a replica that loses the race reads the winner's),
-on the token's lease: a CA nobody enrolled with expires with the token. An enrollment claims
-`enrolled/<profile>/<name>` and records the certificate in the same transaction, so a name gets
-one certificate per profile however many replicas are asked. The first enrollment also moves
-the cluster (config, CA and the name reservation, together) from the token's lease to the CA's
-long one, so renewal, revocation, the CRL and the cluster's name outlive the bootstrap window.
-A renewal moves the claim from the old serial to the new one and revokes the old one
-(superseded); a revocation marks the record.
+on the token's lease: a CA nobody enrolled with expires with the token. Enrollments (of one
+cluster or several, together) are one transaction (`store.enrollment`): each claims
+`enrolled/<profile>/<name>` (create-only) and records its certificate, so a name gets one
+certificate per profile however many replicas are asked, and each profile's count caps the
+names. The first enrollment also moves the cluster (config, CA and the name reservation,
+together) from the token's lease to the CA's long one, so renewal, revocation, the CRL and the
+cluster's name outlive the bootstrap window. A renewal moves the claim from the old serial to
+the new one and revokes the old one (superseded); a revocation marks the record, deletes the
+claim and counts one name less.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, replace
-from enum import Enum
-from typing import Any
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import Any, cast
 
 from discoverd.errors import NotFound, Unavailable
-from discoverd.models import CaRecord, CertRecord, ClusterConfig
+from discoverd.models import CaRecord, CertRecord
 from discoverd.store import keys
 from discoverd.store.clusters import checked_txn
-from discoverd.store.gateway import EtcdGateway, EtcdRejected, KeyValue, b64, decode_kv
+from discoverd.store.enrollment import (
+    Attempt,
+    Count,
+    Enrollment,
+    EnrollRefusal,
+    Hold,
+    Outcome,
+    Place,
+    Slot,
+    absent,
+    put,
+)
+from discoverd.store.gateway import EtcdGateway, EtcdRejected, b64, decode_kv
 
-ROSTER_ATTEMPTS = 50  # compare-and-swap rounds before contention is reported as 503
-
-
-def _absent(key: str) -> dict[str, Any]:
-    return {"key": b64(key), "result": "EQUAL", "target": "CREATE", "create_revision": 0}
-
-
-def _put(key: str, value: str, lease: int) -> dict[str, Any]:
-    return {"request_put": {"key": b64(key), "value": b64(value), "lease": lease}}
-
-
-@dataclass(frozen=True, slots=True)
-class Hold:
-    """Move a cluster from its token's lease (`from_lease`) to its CA's (`lease`): the config,
-    the CA and the name reservation, in the enrollment's transaction."""
-
-    config: ClusterConfig
-    ca: CaRecord
-    from_lease: int
-    lease: int
-    with_name: bool = True  # False when the name is no longer this cluster's (older data)
-
-    def compare(self, token: str) -> list[dict[str, Any]]:
-        config = {"key": b64(keys.cluster_config(token)), "result": "EQUAL", "target": "LEASE",
-                  "lease": self.from_lease}  # fmt: skip
-        if not self.name:
-            return [config]
-        name = {"key": b64(keys.cluster_name(self.name)), "result": "EQUAL", "target": "VALUE",
-                "value": b64(token)}  # fmt: skip
-        return [config, name]
-
-    def puts(self, token: str) -> list[dict[str, Any]]:
-        held = self.config.model_copy(update={"held_by_ca": True})
-        puts = [
-            _put(keys.cluster_config(token), held.model_dump_json(), self.lease),
-            _put(keys.cluster_ca(token), self.ca.model_dump_json(), self.lease),
-        ]
-        if self.name:
-            puts.append(_put(keys.cluster_name(self.name), token, self.lease))
-        return puts
-
-    @property
-    def name(self) -> str | None:
-        return self.config.name if self.with_name else None
+COUNT_ATTEMPTS = 50  # compare-and-swap rounds before contention is reported as 503
+COUNT_CACHE = 4096  # (token, profile) counts remembered for the next first attempt
 
 
 class CertificateStore:
     def __init__(self, gateway: EtcdGateway) -> None:
         self._gateway = gateway
+        self._counts: OrderedDict[Slot, Count] = OrderedDict()
 
     async def create_ca(self, token: str, record: CaRecord, lease: int) -> tuple[CaRecord, int]:
         """Store `record` as the cluster's CA unless one exists, on `lease` (the token's: a CA
@@ -80,11 +53,11 @@ class CertificateStore:
         key = keys.cluster_ca(token)
         txn = {
             "compare": [
-                _absent(key),
+                absent(key),
                 {"key": b64(keys.cluster_config(token)), "result": "GREATER",
                  "target": "CREATE", "create_revision": 0},
             ],
-            "success": [_put(key, record.model_dump_json(), lease)],
+            "success": [put(key, record.model_dump_json(), lease)],
             "failure": [{"request_range": {"key": b64(key)}}],
         }  # fmt: skip
         result = await self._txn(txn, "store a CA")
@@ -108,67 +81,56 @@ class CertificateStore:
         )
 
     async def enroll(
-        self, token: str, record: CertRecord, lease: int, limit: int, hold: Hold | None = None
-    ) -> int | EnrollRefusal:
-        """Claim the name for the profile, add it to the profile's roster (at most `limit`
-        names) and record the certificate, in one transaction; the revision, or why not.
-        With `hold`, the same transaction moves the cluster to the CA's lease (and the records
-        go on that lease); MOVED if it is no longer on `hold.from_lease`.
+        self, entries: Sequence[Enrollment], places: Mapping[str, Place]
+    ) -> list[Outcome]:
+        """Enroll every entry that fits, in one transaction: claim each name for its profile,
+        record its certificate and count it (at most `limit` names per profile). Per entry, in
+        order: the revision, or why not. No (token, profile, name) may appear twice. `places`:
+        where each cluster's records go, its lease or a `Hold` (the move to its CA's lease, in
+        the same transaction; MOVED if the cluster left `from_lease` meanwhile).
 
-        The roster is changed by compare-and-swap, so replicas enrolling different names at
-        the same moment can never take more than `limit` between them."""
-        claim = keys.enrolled(token, record.profile, record.name)
-        roster = keys.roster(token, record.profile)
-        names, version = await self._roster(roster)
-        for _ in range(ROSTER_ATTEMPTS):
-            if record.name not in names and len(names) >= limit:
-                return EnrollRefusal.FULL
-            listed = json.dumps(sorted({*names, record.name}))
-            on = hold.lease if hold is not None else lease
-            txn = {
-                "compare": [
-                    _absent(claim),
-                    _unchanged(roster, version),
-                    *(hold.compare(token) if hold is not None else []),
-                ],
-                "success": [
-                    _put(claim, record.serial, on),
-                    _put(keys.certificate(token, record.serial), record.model_dump_json(), on),
-                    _put(roster, listed, on),
-                    *(hold.puts(token) if hold is not None else []),
-                ],
-                "failure": [
-                    {"request_range": {"key": b64(claim)}},
-                    {"request_range": {"key": b64(roster)}},
-                    {"request_range": {"key": b64(keys.cluster_config(token))}},
-                    *(
-                        [{"request_range": {"key": b64(keys.cluster_name(hold.name))}}]
-                        if hold is not None and hold.name
-                        else []
-                    ),
-                ],
-            }
-            result = await self._txn(txn, "record a certificate")
+        The first attempt compares the counts this replica saw last; a failed one reads what
+        etcd has, and the next attempt compares that."""
+        if len({(e.token, e.record.profile, e.record.name) for e in entries}) != len(entries):
+            raise ValueError("a name appears twice for one profile in an enrollment batch")
+        outcomes: dict[int, Outcome] = {}
+        counts = {e.slot: self._counts.get(e.slot, Count()) for e in entries}
+        places = dict(places)
+        for _ in range(COUNT_ATTEMPTS):
+            undecided = [i for i in range(len(entries)) if i not in outcomes]
+            attempt = Attempt.plan(entries, undecided, counts, places)
+            if not attempt.needed:
+                outcomes.update(dict.fromkeys(attempt.over, EnrollRefusal.FULL))
+                break
+            result = await self._txn(attempt.txn(), "record a certificate")
+            revision = int(result["header"]["revision"])
             if result.get("succeeded"):
-                return int(result["header"]["revision"])
-            claimed, current, config, *name = (
-                r.get("response_range", {}).get("kvs", []) for r in result["responses"]
-            )
-            if not config:
-                raise NotFound("the discovery token has expired", cause=f"/{token}")
-            if claimed:
-                return EnrollRefusal.CLAIMED
-            if hold is not None:
-                if decode_kv(config[0]).lease != hold.from_lease:
-                    return EnrollRefusal.MOVED
-                if name and (not name[0] or decode_kv(name[0][0]).value != token.encode()):
-                    hold = replace(hold, with_name=False)  # the name went with the old lease
-            names, version = _roster_of(current)
-        raise Unavailable("too many concurrent enrollments; try again")
+                for slot, added in attempt.added().items():
+                    self._remember(slot, Count.written(counts[slot].value + added))
+                outcomes.update(dict.fromkeys(attempt.admitted, revision))
+                outcomes.update(dict.fromkeys(attempt.over, EnrollRefusal.FULL))
+                break
+            failure = attempt.failed(result["responses"], revision)
+            for slot, count in failure.counts.items():
+                counts[slot] = count
+                self._remember(slot, count)
+            outcomes.update(dict.fromkeys(failure.claimed, EnrollRefusal.CLAIMED))
+            for i in undecided:
+                if entries[i].token in failure.gone:
+                    outcomes[i] = EnrollRefusal.GONE
+                elif entries[i].token in failure.moved:
+                    outcomes[i] = EnrollRefusal.MOVED
+            for token in failure.unnamed:  # the name went with the token's lease
+                places[token] = replace(cast(Hold, places[token]), with_name=False)
+        else:
+            raise Unavailable("too many concurrent enrollments; try again")
+        return [outcomes[i] for i in range(len(entries))]
 
-    async def _roster(self, key: str) -> tuple[set[str], int]:
-        _, kv = await self._gateway.get(key)
-        return _roster_of([] if kv is None else [kv])
+    def _remember(self, slot: Slot, count: Count) -> None:
+        self._counts[slot] = replace(count, fresh=False)
+        self._counts.move_to_end(slot)
+        while len(self._counts) > COUNT_CACHE:
+            self._counts.popitem(last=False)
 
     async def renew(
         self, token: str, old: CertRecord, record: CertRecord, lease: int
@@ -182,45 +144,52 @@ class CertificateStore:
                 {"key": b64(claim), "result": "EQUAL", "target": "VALUE", "value": b64(old.serial)}
             ],
             "success": [
-                _put(claim, record.serial, lease),
-                _put(keys.certificate(token, record.serial), record.model_dump_json(), lease),
-                _put(keys.certificate(token, old.serial), old.model_dump_json(), lease),
+                put(claim, record.serial, lease),
+                put(keys.certificate(token, record.serial), record.model_dump_json(), lease),
+                put(keys.certificate(token, old.serial), old.model_dump_json(), lease),
             ],
             "failure": [],
         }
         return _revision_if_done(await self._txn(txn, "record a renewal"))
 
     async def revoke(self, token: str, record: CertRecord, lease: int) -> int:
-        """Mark `record` revoked and free its name (claim and roster entry), so the node can
-        be enrolled again."""
+        """Mark `record` revoked and free its name (its claim, and its place in the profile's
+        count), so the node can be enrolled again."""
         claim = keys.enrolled(token, record.profile, record.name)
-        roster = keys.roster(token, record.profile)
-        put = _put(keys.certificate(token, record.serial), record.model_dump_json(), lease)
+        marked = put(keys.certificate(token, record.serial), record.model_dump_json(), lease)
         holds = {
             "key": b64(claim),
             "result": "EQUAL",
             "target": "VALUE",
             "value": b64(record.serial),
         }
-        for _ in range(ROSTER_ATTEMPTS):
-            names, version = await self._roster(roster)
-            listed = json.dumps(sorted(names - {record.name}))
+        slot = (token, record.profile)
+        count = self._counts.get(slot, Count())
+        for _ in range(COUNT_ATTEMPTS):
             txn = {
-                "compare": [holds, _unchanged(roster, version)],
+                "compare": [holds, *count.compare(token, record.profile)],
                 "success": [
                     {"request_delete_range": {"key": b64(claim)}},
-                    put,
-                    _put(roster, listed, lease),
+                    marked,
+                    *count.puts(token, record.profile, -1, lease),
                 ],
-                "failure": [{"request_range": {"key": b64(claim)}}],
+                "failure": [
+                    {"request_range": {"key": b64(claim)}},
+                    *Count.reads(token, record.profile),
+                ],
             }
             result = await self._txn(txn, "revoke a certificate")
+            revision = int(result["header"]["revision"])
             if result.get("succeeded"):
-                return int(result["header"]["revision"])
-            kvs = result["responses"][0].get("response_range", {}).get("kvs", [])
+                self._remember(slot, Count.written(count.value - 1))
+                return revision
+            held, *reads = (r.get("response_range", {}) for r in result["responses"])
+            count = Count.read(reads[0], reads[1], revision)
+            self._remember(slot, count)
+            kvs = held.get("kvs", [])
             if not kvs or decode_kv(kvs[0]).value.decode() != record.serial:
                 break  # the name moved on (renewed away): only the record is marked
-        txn = {"compare": [], "success": [put], "failure": []}
+        txn = {"compare": [], "success": [marked], "failure": []}
         return int((await self._txn(txn, "revoke a certificate"))["header"]["revision"])
 
     async def _txn(self, txn: dict[str, Any], what: str) -> dict[str, Any]:
@@ -229,23 +198,3 @@ class CertificateStore:
 
 def _revision_if_done(result: dict[str, Any]) -> int | None:
     return int(result["header"]["revision"]) if result.get("succeeded") else None
-
-
-class EnrollRefusal(Enum):
-    CLAIMED = "claimed"  # the name holds a certificate of this profile already
-    FULL = "full"  # the profile's roster is full
-    MOVED = "moved"  # the cluster left the lease the enrollment expected (another one held it)
-
-
-def _unchanged(key: str, version: int) -> dict[str, Any]:
-    """Compare: `key` is still at mod revision `version` (0: still absent)."""
-    if version == 0:
-        return _absent(key)
-    return {"key": b64(key), "result": "EQUAL", "target": "MOD", "mod_revision": version}
-
-
-def _roster_of(kvs: list[Any]) -> tuple[set[str], int]:
-    if not kvs:
-        return set(), 0
-    kv = kvs[0] if isinstance(kvs[0], KeyValue) else decode_kv(kvs[0])
-    return set(json.loads(kv.value)), kv.mod_revision

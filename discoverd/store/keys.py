@@ -13,7 +13,11 @@ Everything discoverd stores lives under one root, one directory per cluster toke
     /discoverd/v1/clusters/<token>/ca           CaRecord JSON: the CA certificate, its sealed key
     /discoverd/v1/clusters/<token>/certs/<sn>   CertRecord JSON of an issued certificate
     /discoverd/v1/clusters/<token>/enrolled/<profile>/<name>   the serial a name was enrolled with
-    /discoverd/v1/clusters/<token>/roster/<profile>            JSON list of the enrolled names
+    /discoverd/v1/clusters/<token>/enrolled-count/<profile>    how many enrolled/<profile>/ keys
+                                                exist: a decimal integer, compared and set in
+                                                the transactions that create or delete one
+    /discoverd/v1/clusters/<token>/roster/<profile>            older versions: JSON list of the
+                                                enrolled names; deleted when the count is made
     /discoverd/v1/names/<name>                  the token a cluster name belongs to (unique; on
                                                 the lease of its cluster's config, always)
 
@@ -48,6 +52,7 @@ class KeyKind(Enum):
     CA = "ca"
     CERT = "certs"
     ENROLLED = "enrolled"
+    ENROLLED_COUNT = "enrolled-count"
     ROSTER = "roster"
 
 
@@ -119,8 +124,20 @@ def enrolled(token: str, profile: str, name: str) -> str:
     return f"{CLUSTERS}{token}/enrolled/{profile}/{name}"
 
 
+def enrolled_names(token: str, profile: str) -> str:
+    """`/discoverd/v1/clusters/<token>/enrolled/<profile>/`: every name enrolled for a profile."""
+    return f"{CLUSTERS}{token}/enrolled/{profile}/"
+
+
+def enrolled_count(token: str, profile: str) -> str:
+    """`/discoverd/v1/clusters/<token>/enrolled-count/<profile>`: how many names are enrolled
+    for a profile (the keys under `enrolled_names`)."""
+    return f"{CLUSTERS}{token}/enrolled-count/{profile}"
+
+
 def roster(token: str, profile: str) -> str:
-    """`/discoverd/v1/clusters/<token>/roster/<profile>`: names enrolled for a profile."""
+    """`/discoverd/v1/clusters/<token>/roster/<profile>`: the JSON list of the names enrolled
+    for a profile, as older versions kept it (replaced by `enrolled_count`)."""
     return f"{CLUSTERS}{token}/roster/{profile}"
 
 
@@ -135,6 +152,7 @@ _CHILDREN = {
     "members": KeyKind.API_MEMBER,
     "names": KeyKind.MEMBER_NAME,
     "certs": KeyKind.CERT,
+    "enrolled-count": KeyKind.ENROLLED_COUNT,
     "roster": KeyKind.ROSTER,
 }
 _SINGLES = {"config": KeyKind.CONFIG, "ca": KeyKind.CA}

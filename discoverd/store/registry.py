@@ -42,6 +42,7 @@ _IGNORED = (
     keys.KeyKind.NAME,
     keys.KeyKind.MEMBER_NAME,
     keys.KeyKind.ENROLLED,
+    keys.KeyKind.ENROLLED_COUNT,
     keys.KeyKind.ROSTER,
 )
 

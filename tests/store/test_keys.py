@@ -14,6 +14,9 @@ TOKEN = "3e86b59982e49066c5d813af1c2e2579"
     [
         (keys.cluster_config(TOKEN), keys.KeyKind.CONFIG, ""),
         (keys.v2_member(TOKEN, "8e9e05c52164694d"), keys.KeyKind.V2_MEMBER, "8e9e05c52164694d"),
+        (keys.enrolled(TOKEN, "peer", "infra0"), keys.KeyKind.ENROLLED, "peer/infra0"),
+        (keys.enrolled_count(TOKEN, "peer"), keys.KeyKind.ENROLLED_COUNT, "peer"),
+        (keys.roster(TOKEN, "peer"), keys.KeyKind.ROSTER, "peer"),
     ],
 )
 def test_round_trip(key, kind, name):
