@@ -193,6 +193,7 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        await authority.close()
         await service.close()
 
 

@@ -99,6 +99,10 @@ class Authority:
 
     # -- the CA --------------------------------------------------------------------------------
 
+    async def close(self) -> None:
+        """Stop the enrollment batcher (on shutdown; waiting enrollments are cancelled)."""
+        await self._enrolling.close()
+
     async def ca_pem(self, token: str) -> str:
         cluster = await self._discovery.cluster(token)
         return (await self._ca(cluster)).pem
