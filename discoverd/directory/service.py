@@ -121,19 +121,17 @@ class Directory:
             revision, stored = await self._store.read_cluster(token)
         finally:
             self._misses.release()
-        if stored is None:
-            raise NotFound("Key not found", cause=f"/{token}")
-        await self.caught_up(revision)
-        cluster = self.registry.cluster(token)
-        if cluster is None:
-            raise NotFound("Key not found", cause=f"/{token}")
-        return cluster
+        return await self._in_view(token, revision, stored is not None)
 
     async def fresh_cluster(self, token: str) -> Cluster:
         """The cluster of `token` as etcd has it now: a linearizable read, then this replica's
         view once it has caught up with that read."""
         revision, stored = await self._store.read_cluster(token)
-        if stored is None:
+        return await self._in_view(token, revision, stored is not None)
+
+    async def _in_view(self, token: str, revision: int, stored: bool) -> Cluster:
+        """The cluster etcd holds (`stored`) at `revision`, once this replica's view shows it."""
+        if not stored:
             raise NotFound("Key not found", cause=f"/{token}")
         await self.caught_up(revision)
         cluster = self.registry.cluster(token)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NoReturn
 
 import grpc
@@ -115,16 +115,23 @@ class DiscoveryV3:
 
     # -- KV/Range ------------------------------------------------------------------------------
 
-    async def range(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    async def _unary(
+        self, method: str, answer: Awaitable[Any], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Any:
+        """Await `answer`, count the RPC by its status, and map a domain error to a status."""
         try:
-            response = await self._range(_checked(request, pb.RangeRequest))
+            response = await answer
         except DiscoverdError as exc:
-            self._on_rpc("Range", status_of(exc).name)
+            self._on_rpc(method, status_of(exc).name)
             await abort(context, exc)
-        self._on_rpc("Range", "OK")
+        self._on_rpc(method, "OK")
         return response
 
-    async def _range(self, request: pb.RangeRequest) -> pb.RangeResponse | bytes:
+    async def range(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        return await self._unary("Range", self._range(request), context)
+
+    async def _range(self, raw: Any) -> pb.RangeResponse | bytes:
+        request: pb.RangeRequest = _checked(raw, pb.RangeRequest)
         where = protocol.scope(request.key, request.range_end)
         if request.revision > self._registry.revision and self._registry.synced:
             raise _FutureRevision(FUTURE_REVISION)
@@ -149,15 +156,10 @@ class DiscoveryV3:
     # -- KV/Put --------------------------------------------------------------------------------
 
     async def put(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        try:
-            response = await self._put(_checked(request, pb.PutRequest))
-        except DiscoverdError as exc:
-            self._on_rpc("Put", status_of(exc).name)
-            await abort(context, exc)
-        self._on_rpc("Put", "OK")
-        return response
+        return await self._unary("Put", self._put(request), context)
 
-    async def _put(self, request: pb.PutRequest) -> pb.PutResponse:
+    async def _put(self, raw: Any) -> pb.PutResponse:
+        request: pb.PutRequest = _checked(raw, pb.PutRequest)
         token, member_id = protocol.registration_target(request.key)
         if request.lease:
             raise Invalid("registrations take no lease: they live as long as their token")
