@@ -97,6 +97,13 @@ _SERVE_FLAGS: dict[str, tuple[str, str]] = {
 }
 
 
+# The TLS and RBAC flags of the backing etcd, for the commands that talk to it as `serve` does.
+_ETCD_ACCESS_FLAGS = (
+    "--etcd-cacert", "--etcd-cert", "--etcd-key", "--etcd-user", "--etcd-password",
+    "--etcd-password-file",
+)  # fmt: skip
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="discoverd", description="etcd discovery service")
     top.add_argument("--version", action="version", version=f"discoverd {__version__}")
@@ -147,6 +154,12 @@ def _cluster_parsers(commands: Any) -> None:
     _server_flag(status)
     status.add_argument("--wait", action="store_true", help="follow it until it is complete")
     status.add_argument("--timeout", default="10m", help="how long --wait waits (10m)")
+    status.add_argument(
+        "--cert", type=Path,
+        help="client certificate (PEM) for the /health of members with https client URLs "
+        "(srv mode), verified with the cluster CA; without it they are not checked",
+    )  # fmt: skip
+    status.add_argument("--key", type=Path, help="key of --cert (PEM)")
 
     join = commands.add_parser(
         "join", help="prepare this node to join a cluster (cloud-init)",
@@ -198,6 +211,8 @@ def _cert_parsers(commands: Any) -> None:
     )
     revoke.add_argument("--etcd", help="etcd endpoints (default: DISCOVERD_ETCD, or the embedded)")
     revoke.add_argument("--data-dir", help="data dir of an embedded etcd (./discoverd-data)")
+    for flag in _ETCD_ACCESS_FLAGS:  # as `serve` takes them, also from DISCOVERD_<FLAG>
+        revoke.add_argument(flag, help=_SERVE_FLAGS[flag][1])
 
 
 def _ops_parsers(commands: Any) -> None:
@@ -320,7 +335,9 @@ def _new(args: argparse.Namespace, timeout: float) -> int:
 
 
 def _status(args: argparse.Namespace, timeout: float) -> int:
-    return cluster_commands.status(args.cluster, args.server, args.wait, timeout)
+    return cluster_commands.status(
+        args.cluster, args.server, args.wait, timeout, cert=args.cert, key=args.key
+    )
 
 
 def _join(args: argparse.Namespace) -> int:
@@ -353,8 +370,10 @@ def _revoke(args: argparse.Namespace) -> int:
     found = _backing_etcd("cert revoke", args)
     if isinstance(found, int):
         return found
-    endpoints, _ = found
-    return commands.cert_revoke(endpoints, args.token, args.serial, args.name, args.profile)
+    endpoints, settings = found
+    return commands.cert_revoke(
+        endpoints, settings, args.token, serial=args.serial, name=args.name, profile=args.profile
+    )
 
 
 def _backing_etcd(command: str, args: argparse.Namespace) -> tuple[tuple[str, ...], Settings] | int:
@@ -362,7 +381,8 @@ def _backing_etcd(command: str, args: argparse.Namespace) -> tuple[tuple[str, ..
     etcd that a running `discoverd serve` wrote under --data-dir; an exit status on failure."""
     from discoverd.store.embedded import endpoint_file
 
-    given = {k: v for k, v in (("etcd", args.etcd), ("data_dir", args.data_dir)) if v}
+    fields = ["etcd", "data_dir", *(flag[2:].replace("-", "_") for flag in _ETCD_ACCESS_FLAGS)]
+    given = {field: getattr(args, field) for field in fields if getattr(args, field, None)}
     try:
         settings = Settings(**given)
     except ValidationError as exc:

@@ -284,3 +284,34 @@ def test_serve_help_names_each_variable(capsys):
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines anywhere
     for flag, (field, _) in _SERVE_FLAGS.items():
         assert f"[env DISCOVERD_{field.upper()}]" in text, flag
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--cert", "{pki}/client.pem"], "--cert and --key go together"),
+        (["--key", "{pki}/client-key.pem"], "--cert and --key go together"),
+        (["--cert", "{pki}/client.pem", "--key", "{pki}/nope.pem"], "not a PEM certificate and its key"),
+        (["--cert", "{pki}/ca.pem", "--key", "{pki}/client-key.pem"], "not a PEM certificate and its key"),
+    ],
+)  # fmt: skip
+def test_status_refuses_a_bad_client_certificate_at_once(flags, message, pki, capsys):
+    server = f"http://127.0.0.1:{free_port()}"  # never asked: the files are checked first
+    argv = ["status", "ab" * 16, "--server", server, *(f.format(pki=pki) for f in flags)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"discoverd status: {message}") or message in err, err
+    assert len(err.strip().splitlines()) == 1 and "cannot reach" not in err
+
+
+def test_cert_revoke_takes_the_backing_etcd_flags_of_serve():
+    """The same names (and so the same DISCOVERD_* variables) as `serve`."""
+    cert = subcommand("cert")
+    actions = next(a for a in cert._actions if isinstance(a, argparse._SubParsersAction))
+    revoke = {
+        flag for action in actions.choices["revoke"]._actions for flag in action.option_strings
+    }
+    access = {"--etcd-cacert", "--etcd-cert", "--etcd-key", "--etcd-user", "--etcd-password",
+              "--etcd-password-file"}  # fmt: skip
+    assert access <= set(_SERVE_FLAGS)
+    assert access <= revoke

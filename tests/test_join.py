@@ -199,14 +199,15 @@ async def test_a_relative_out_lands_as_absolute_paths(client, tmp_path, monkeypa
     assert len(paths) == 9 and all(Path(v).is_absolute() and Path(v).is_file() for v in paths)
 
 
-async def test_status_exit_codes(client, capsys):
+async def test_status_exit_codes(client, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # the table unwrapped
     token = await new_cluster(client, "size=2")
     url = f"{str(client.make_url('')).rstrip('/')}/{token}"
     assert await asyncio.to_thread(main, ["status", url]) == 1
     assert "incomplete: 0 of 2" in capsys.readouterr().err
-    for i, name in enumerate(("a", "b")):
-        body = {"peer_urls": [f"http://{IPS[i]}:2380"], "client_urls": [f"http://{IPS[i]}:2379"]}
-        await client.put(f"/api/v1/clusters/{token}/members/{name}", json=body)
+    for i, name in enumerate(("a", "b")):  # what each member's etcd registers (v2 discovery)
+        form = {"value": f"{name}=http://{IPS[i]}:2380"}
+        assert (await client.put(f"/{token}/{i + 1:x}", data=form)).status == 201
     assert (
         await asyncio.to_thread(
             main, ["status", token, "--server", url.rsplit("/", 1)[0], "--wait"]
@@ -214,7 +215,7 @@ async def test_status_exit_codes(client, capsys):
         == 0
     )
     out = capsys.readouterr().out
-    assert "2 of 2 members" in out and "http://10.0.5.1:2380" in out
+    assert "2 of 2 registered by etcd" in out and "http://10.0.5.1:2380" in out
 
 
 async def test_status_wait_times_out(client, capsys):

@@ -1,6 +1,8 @@
 """The operator's certificate commands: `ca init`, `cert issue|inspect|revoke`.
 
-Each returns an exit status and prints one clear line on failure, never a traceback.
+Each returns an exit status and prints one clear line on failure, never a traceback. `cert
+revoke` writes to the backing etcd directly, with `serve`'s TLS and RBAC settings for it
+(`--etcd-cacert`, `--etcd-cert`, `--etcd-key`, `--etcd-user`, `--etcd-password[-file]`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from pathlib import Path
 
 from discoverd.certs import admin, lint, offline, x509
 from discoverd.certs.x509 import Profile
+from discoverd.config import Settings
 from discoverd.errors import DiscoverdError
+from discoverd.store.access import EtcdAccess
 from discoverd.store.gateway import EtcdGateway
 
 
@@ -82,13 +86,15 @@ def cert_inspect(path: Path, ca_path: Path | None, profile: str | None) -> int:
 
 def cert_revoke(
     endpoints: tuple[str, ...],
+    settings: Settings,
     token: str,
+    *,
     serial: str | None,
     name: str | None,
     profile: str | None,
 ) -> int:
     async def run() -> list[str]:
-        gateway = EtcdGateway(endpoints, timeout=2)
+        gateway = EtcdGateway(endpoints, settings.etcd_timeout, access=etcd_access(settings))
         try:
             records = await admin.revoke(gateway, token, serial, name, profile)
         finally:
@@ -102,3 +108,14 @@ def cert_revoke(
     for line in lines:
         print(line)
     return 0
+
+
+def etcd_access(settings: Settings) -> EtcdAccess:
+    """TLS and RBAC for the backing etcd, from the same flags (and variables) as `serve`."""
+    return EtcdAccess(
+        cacert=settings.etcd_cacert,
+        cert=settings.etcd_cert,
+        key=settings.etcd_key,
+        user=settings.etcd_user,
+        password=settings.etcd_secret,
+    )

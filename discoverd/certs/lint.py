@@ -1,4 +1,5 @@
 """`discoverd cert inspect`: a certificate checked against what etcd needs, in plain words.
+Its facts are printed as openssl prints them (SANs: `DNS:a.example, IP Address:10.0.0.1`).
 
 Each finding is an error (etcd will refuse or fail with it) or a warning (it works, but a
 common setup breaks), and says why, citing the etcd failure it prevents.
@@ -128,10 +129,8 @@ def _usages(cert: cx509.Certificate) -> list[cx509.ObjectIdentifier]:
 def describe(cert: cx509.Certificate) -> list[str]:
     """The facts an operator wants first."""
     try:
-        sans = [
-            str(v)
-            for v in cert.extensions.get_extension_for_class(cx509.SubjectAlternativeName).value
-        ]
+        found = cert.extensions.get_extension_for_class(cx509.SubjectAlternativeName).value
+        sans = [san_text(name) for name in found]
     except cx509.ExtensionNotFound:
         sans = []
     usages = [getattr(u, "_name", u.dotted_string) for u in _usages(cert)]
@@ -145,3 +144,35 @@ def describe(cert: cx509.Certificate) -> list[str]:
         f"SANs:      {', '.join(sans) or 'none'}",
         f"sha256:    {x509.fingerprint(cert)}",
     ]
+
+
+# openssl's label of each kind of name whose value prints as it is
+_SAN_LABELS: dict[type[cx509.GeneralName], str] = {
+    cx509.DNSName: "DNS",
+    cx509.RFC822Name: "email",
+    cx509.UniformResourceIdentifier: "URI",
+}
+
+
+def san_text(name: cx509.GeneralName) -> str:
+    """One SAN as `openssl x509 -ext subjectAltName` prints it: `DNS:a.example`,
+    `IP Address:10.0.0.1`, `IP Address:FE80:0:0:0:0:0:0:1`, `email:…`, `URI:…`."""
+    label = _SAN_LABELS.get(type(name))
+    if label is not None:
+        return f"{label}:{name.value}"
+    if isinstance(name, cx509.IPAddress):
+        return f"IP Address:{_ip_text(name.value)}"
+    if isinstance(name, cx509.RegisteredID):
+        return f"Registered ID:{name.value.dotted_string}"
+    if isinstance(name, cx509.DirectoryName):
+        parts = (f"{a.rfc4514_attribute_name} = {a.value!s}" for a in name.value)
+        return "DirName:" + ", ".join(parts)
+    return "othername:<unsupported>"
+
+
+def _ip_text(address: object) -> str:
+    """openssl's form: IPv6 as eight uppercase groups, never shortened."""
+    if isinstance(address, ipaddress.IPv6Address):
+        packed = address.packed
+        return ":".join(f"{packed[i] << 8 | packed[i + 1]:X}" for i in range(0, 16, 2))
+    return str(address)

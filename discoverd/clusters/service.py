@@ -6,6 +6,11 @@ create-only (the same record again succeeds); a name is unique per cluster, case
 record for a name registered through discovery must spell it the same and name that
 registration's peer URLs (it is `discoverd join` registering the same node). The number of
 names per cluster is capped.
+
+The JSON view says who registered each member, and never mixes the two up: `joined` (a member
+API record, written by `discoverd join` before etcd even starts) and `etcd_registered` with its
+`protocol` (a v2 or v3 discovery registration, which only the etcd process itself makes).
+`registered` and `complete` count names known either way; `registered_by_etcd` counts etcd's own.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from discoverd.directory.service import Directory, registration_cap
 from discoverd.dns import names
 from discoverd.dns.view import published
 from discoverd.errors import Conflict, Invalid, NotFound
-from discoverd.models import ApiMember, Cluster, MemberRecord
+from discoverd.models import ApiMember, Cluster, Member, MemberRecord
 from discoverd.store.clusters import ClusterStore, RegisterOutcome
 
 
@@ -113,7 +118,8 @@ class ClusterService:
             domains.append(f"{config.name}.{self._zone}")
         created = datetime.fromtimestamp(config.created_at, UTC)
         expires = datetime.fromtimestamp(config.created_at + self._ttl, UTC)
-        v2_ids = {m.value.partition("=")[0]: m.member_id for m in cluster.members}
+        by_etcd = {m.value.partition("=")[0]: m for m in cluster.members}
+        joined = {m.name for m in cluster.api_members}
         return {
             "token": cluster.token,
             "discovery_url": f"{self._base_url}/{cluster.token}",
@@ -122,6 +128,8 @@ class ClusterService:
             "size": config.size,
             "registered": len(members),
             "complete": len(members) >= config.size,
+            "joined": len(joined),
+            "registered_by_etcd": len(by_etcd),
             "created_at": created.isoformat(),
             "expires_at": expires.isoformat(),
             "members": [
@@ -129,7 +137,7 @@ class ClusterService:
                     "name": member.name,
                     "peer_urls": list(member.peer_urls),
                     "client_urls": list(member.client_urls),
-                    "discovery_id": v2_ids.get(member.name),
+                    **_registrations(member.name, joined, by_etcd),
                 }
                 for member in members
             ],
@@ -151,6 +159,18 @@ class ClusterService:
                 for cert in cluster.certs
             ],
         }
+
+
+def _registrations(name: str, joined: set[str], by_etcd: dict[str, Member]) -> dict[str, Any]:
+    """Who registered a member: `discoverd join` (the member API: "joined") and etcd itself
+    (a v2 or v3 discovery registration exists only once the etcd process registered)."""
+    etcd = by_etcd.get(name)
+    return {
+        "joined": name in joined,
+        "etcd_registered": etcd is not None,
+        "protocol": etcd.protocol if etcd else None,
+        "discovery_id": etcd.member_id if etcd else None,
+    }
 
 
 def _v3_flags(token: str, endpoints: tuple[str, ...], tls: bool) -> str:

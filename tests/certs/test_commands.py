@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import ipaddress
 import json
+import os
 import subprocess
+from collections.abc import Iterator
 
 import pytest
 from cryptography import x509 as cx509
@@ -13,8 +16,12 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from discoverd.app import build_app
 from discoverd.certs import x509
 from discoverd.cli import main
+from discoverd.config import Settings
+from tests.certs.test_handlers import csr, enroll
+from tests.store.secure_etcd import PASSWORD, USER, Pki, SecureCluster
 
 
 def openssl(*args: str) -> str:
@@ -96,7 +103,7 @@ def leaf(ca, *, usages, sans=None, days=90, start_days=0):
 
 SERVER = [ExtendedKeyUsageOID.SERVER_AUTH]
 BOTH = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-LOOPBACK = [cx509.IPAddress(__import__("ipaddress").ip_address("127.0.0.1"))]
+LOOPBACK = [cx509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
 
 
 @pytest.mark.parametrize(
@@ -138,6 +145,32 @@ def test_inspect_says_what_is_wrong(tmp_path, capsys, make, exit_code, finding):
     assert finding in capsys.readouterr().out
 
 
+SAN_SETS = {
+    "dns and ipv4": [cx509.DNSName("a.example"), cx509.IPAddress(ipaddress.ip_address("10.0.0.1"))],
+    "ipv6": [
+        cx509.IPAddress(ipaddress.ip_address("::1")),
+        cx509.IPAddress(ipaddress.ip_address("fe80::1:abcd")),
+        cx509.IPAddress(ipaddress.ip_address("2001:db8::ff00:42:8329")),
+    ],
+    "email and uri": [
+        cx509.RFC822Name("ops@example.com"),
+        cx509.UniformResourceIdentifier("spiffe://example.org/etcd/infra0"),
+        cx509.DNSName("infra0.example.com"),
+    ],
+}
+
+
+@pytest.mark.parametrize("sans", list(SAN_SETS.values()), ids=list(SAN_SETS))
+def test_inspect_prints_sans_as_openssl_does(tmp_path, capsys, sans):
+    ca = x509.new_ca("test CA")
+    (tmp_path / "leaf.pem").write_text(x509.pem(leaf(ca, usages=BOTH, sans=sans)))
+    main(["cert", "inspect", str(tmp_path / "leaf.pem")])
+    [line] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("SANs:")]
+    shown = openssl("x509", "-in", str(tmp_path / "leaf.pem"), "-noout", "-ext", "subjectAltName")
+    assert shown.splitlines()[0].strip() == "X509v3 Subject Alternative Name:", shown
+    assert line.removeprefix("SANs:").strip() == shown.splitlines()[1].strip()
+
+
 def test_inspect_of_a_missing_file(tmp_path, capsys):
     assert main(["cert", "inspect", str(tmp_path / "nope.pem")]) == 1
     assert "No such file" in capsys.readouterr().err
@@ -172,3 +205,103 @@ async def test_revoke_from_the_cli(client, etcd_endpoint, tmp_path, capsys):
     assert f"Serial Number: {issued['serial'].upper()}" in openssl(
         "crl", "-in", str(tmp_path / "crl.pem"), "-noout", "-text"
     )
+
+
+# -- `cert revoke` against a backing etcd secured as in production (TLS, client certs, RBAC) --
+
+
+@pytest.fixture(scope="module")
+def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureCluster]:
+    workdir = tmp_path_factory.mktemp("revoke-secure-etcd")
+    cluster = SecureCluster(workdir, Pki.make(workdir / "pki"), size=1)
+    try:
+        cluster.start()
+        cluster.enable_auth()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+async def secure_client(aiohttp_client, secure: SecureCluster, tmp_path):
+    """discoverd serving from the secure etcd, configured as `serve` is with its flags."""
+    pki = secure.pki
+    settings = Settings(
+        etcd=secure.endpoints[0], etcd_cacert=pki.ca, etcd_cert=pki.cert("client"),
+        etcd_key=pki.key("client"), etcd_user=USER, etcd_password=PASSWORD, data_dir=tmp_path,
+        new_rate=0, dns_listen="127.0.0.1:0", grpc_listen="127.0.0.1:0",
+    )  # fmt: skip
+    return await aiohttp_client(build_app(settings))
+
+
+def access_flags(pki: Pki, tmp_path, password: str = PASSWORD) -> dict[str, str]:
+    (tmp_path / "password").write_text(password + "\n")
+    return {
+        "--etcd-cacert": str(pki.ca),
+        "--etcd-cert": str(pki.cert("client")),
+        "--etcd-key": str(pki.key("client")),
+        "--etcd-user": USER,
+        "--etcd-password-file": str(tmp_path / "password"),
+    }
+
+
+@pytest.mark.parametrize(
+    ("given", "change", "status", "said"),
+    [
+        ("flags", {}, 0, "revoked "),
+        ("env", {}, 0, "revoked "),
+        ("flags", {"--etcd-password-file": None}, 2, "--etcd-user needs --etcd-password"),
+        ("flags", {"--etcd-cacert": None}, 1, "give --etcd-cacert"),
+        ("flags", {"--etcd-cert": None, "--etcd-key": None}, 1, "give --etcd-cert and --etcd-key"),
+        ("flags", {"--etcd-user": None, "--etcd-password-file": None}, 1, "give --etcd-user"),
+        ("env", {"--etcd-password-file": "wrong"}, 1, "refused the credentials of etcd user"),
+    ],
+)
+async def test_revoke_through_a_tls_rbac_etcd(
+    secure, secure_client, tmp_path, capsys, monkeypatch, given, change, status, said
+):
+    """`cert revoke --etcd` takes serve's TLS/RBAC flags for the backing etcd, and their
+    DISCOVERD_* variables; a missing piece is named, and nothing is revoked."""
+    for variable in list(os.environ):
+        if variable.startswith("DISCOVERD_"):
+            monkeypatch.delenv(variable)
+    token = (await (await secure_client.post("/new?size=3")).text()).rsplit("/", 1)[1]
+    request = csr(tmp_path, "alice")
+    issued = await (await enroll(secure_client, token, "alice", request, "client")).json()
+    flags = access_flags(secure.pki, tmp_path)
+    if change.get("--etcd-password-file") == "wrong":
+        (tmp_path / "wrong").write_text("not-the-password\n")
+        change = {"--etcd-password-file": str(tmp_path / "wrong")}
+    flags.update(change)
+    argv = ["cert", "revoke", "--token", token, "--serial", issued["serial"]]
+    argv += ["--etcd", secure.endpoints[0]]
+    for flag, value in flags.items():
+        if value is None:
+            continue
+        if given == "flags":
+            argv += [flag, value]
+        else:
+            monkeypatch.setenv("DISCOVERD_" + flag[2:].upper().replace("-", "_"), value)
+    assert await asyncio.to_thread(main, argv) == status
+    out, err = capsys.readouterr()
+    assert said in (out if status == 0 else err), (out, err)
+    if status != 0:  # nothing was revoked: with the right flags it is still live in etcd
+        for variable in list(os.environ):
+            if variable.startswith("DISCOVERD_"):
+                monkeypatch.delenv(variable)
+        argv = argv[: argv.index("--etcd") + 2]
+        argv += [item for pair in access_flags(secure.pki, tmp_path).items() for item in pair]
+        assert await asyncio.to_thread(main, argv) == 0, capsys.readouterr().err
+        assert f"revoked {issued['serial']} (alice, client)" in capsys.readouterr().out
+    await until_revoked(secure_client, token, issued["serial"])
+
+
+async def until_revoked(client, token: str, serial: str, timeout: float = 30) -> None:
+    """The app's view (fed by etcd's watch) shows the revocation written to etcd."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        view = await (await client.get(f"/api/v1/clusters/{token}")).json()
+        if [c["revoked"] for c in view["certificates"] if c["serial"] == serial] == [True]:
+            return
+        assert asyncio.get_running_loop().time() < deadline, f"{serial} never shown revoked"
+        await asyncio.sleep(0.05)

@@ -39,15 +39,22 @@ async def test_member_api_registers_create_only(client):
             "name": "infra0",
             "peer_urls": ["https://10.0.0.1:2380"],
             "client_urls": body["client_urls"],
+            "joined": True,
+            "etcd_registered": False,
+            "protocol": None,
             "discovery_id": None,
         },
         {
             "name": "infra1",
             "peer_urls": ["http://10.0.0.2:2380"],
             "client_urls": [],
+            "joined": False,
+            "etcd_registered": True,
+            "protocol": "v2",
             "discovery_id": "8e9e05c52164694d",
         },
     ]
+    assert (view["joined"], view["registered_by_etcd"]) == (1, 1)
     assert view["dns"]["domains"] == [f"{label(token)}.etcd.internal"]
     assert view["dns"]["srv"] == sorted(
         [
@@ -233,3 +240,44 @@ async def test_member_api_names_are_unique_case_aside(client):
     assert "member API record infra0" in (await other_case.json())["message"]
     view = await (await client.get(f"/api/v1/clusters/{token}")).json()
     assert [member["name"] for member in view["members"]] == ["infra0"]
+
+
+async def put_v3(client, token, value, member_id="8e9e05c52164694d"):
+    import grpc
+
+    from discoverd import appkeys
+    from discoverd.discovery.v3.pb import discovery_pb2 as pb
+    from discoverd.discovery.v3.pb import discovery_pb2_grpc as rpc
+
+    port = client.server.app[appkeys.GRPC_PORT]
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        key = f"/_etcd/registry/{token}/members/{member_id}".encode()
+        await rpc.KVStub(channel).Put(pb.PutRequest(key=key, value=value.encode()))
+
+
+@pytest.mark.parametrize(
+    ("joined", "etcd", "expected"),
+    [
+        # `discoverd join` wrote the record; the etcd it set up has not registered (yet, or ever)
+        (True, None, {"joined": True, "etcd_registered": False, "protocol": None}),
+        # the etcd process itself registered, through either discovery protocol
+        (True, "v2", {"joined": True, "etcd_registered": True, "protocol": "v2"}),
+        (True, "v3", {"joined": True, "etcd_registered": True, "protocol": "v3"}),
+        # a hand-started etcd with --discovery: no member API record
+        (False, "v3", {"joined": False, "etcd_registered": True, "protocol": "v3"}),
+    ],
+)
+async def test_the_view_says_who_registered_a_member(client, joined, etcd, expected):
+    token = await new_token(client)
+    if joined:
+        assert (await put_api(client, token, "infra0", PEER)).status == 200
+    if etcd == "v2":
+        assert (await put_v2(client, token, f"infra0={PEER}")).status == 201
+    elif etcd == "v3":
+        await put_v3(client, token, f"infra0={PEER}")
+    view = await (await client.get(f"/api/v1/clusters/{token}")).json()
+    [member] = view["members"]
+    assert {key: member[key] for key in expected} == expected
+    assert (member["discovery_id"] is not None) is expected["etcd_registered"]
+    assert view["registered"] == 1  # a name known either way
+    assert view["joined"] == int(joined) and view["registered_by_etcd"] == int(bool(etcd))
