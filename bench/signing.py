@@ -1,8 +1,8 @@
 """CSR signings per second over HTTP: discoverd's POST /api/v1/certs, then `cfssl serve`'s
 POST /api/v1/cfssl/sign (the anchor: Debian's golang-cfssl 1.2.0), in the same run.
 
-Both sign the same P-256 CSR (CN bench-member, SAN IP:10.0.0.1) with a P-256 CA key
-(ECDSA-SHA256), under wrk -t2 -c32 for `duration` seconds:
+Both sign P-256 CSRs (CN bench-member, one IP SAN) with a P-256 CA key (ECDSA-SHA256), under
+wrk -t2 -c32 for `duration` seconds:
 
     discoverd  every request enrolls a new (token, name) for the peer profile, as a name can be
                enrolled once per profile (a second time is a 409) and a token enrolls at most
@@ -12,8 +12,9 @@ Both sign the same P-256 CSR (CN bench-member, SAN IP:10.0.0.1) with a P-256 CA 
                Any non-200 response fails the load loudly, with the statuses and the first body.
     cfssl      `cfssl serve` with an ECDSA P-256 CA made by `cfssl gencert -initca` and a default
                signing profile (signing, key encipherment, server auth, client auth; 2160h),
-               at -loglevel 2 (warnings, as discoverd runs at --log-level warning: at its
-               default it logs every signing). One body, {"certificate_request": PEM}, repeated.
+               at its default log level (info: it logs every signing, as discoverd at its
+               default logs every request). One body, {"certificate_request": PEM} with member
+               n0's CSR (SAN IP:10.0.0.1), repeated.
 
 Before any load one request of each is checked (discoverd: 200 and a certificate for the name
 with the SAN, signed by the returned CA; cfssl: success true and the same). During each load
@@ -61,14 +62,13 @@ from bench.process import ManagedProcess, run_output
 from discoverd.store.embedded import free_port
 
 PROFILE = "peer"
-SAN_IP = "10.0.0.1"
+SAN_IP = "10.0.0.1"  # member n0's, and the one of cfssl's CSR
 CSR_NAME = "bench-member"
 TOKEN_SIZE = servers.MAX_SIZE  # names n0..n998 per token
 BODIES_PER_SECOND = 6_000  # unique enrollments written per second of load (60,000 for 10 s)
 MIN_BODIES = 2_000
 CHECK_TIMEOUT = aiohttp.ClientTimeout(total=10)
 HEADERS = {"Content-Type": "application/json"}
-CFSSL_LOGLEVEL = 2  # warnings: discoverd runs at --log-level warning
 CFSSL_EXPIRY = "2160h"
 READY_TIMEOUT = 15.0
 POLL_INTERVAL = 0.05
@@ -168,7 +168,8 @@ def plan(duration: float) -> dict[str, Any]:
     return {
         "duration_s": duration,
         "cert_profile": PROFILE,
-        "csr": f"ECDSA P-256, CN {CSR_NAME}, SAN IP:{SAN_IP}",
+        "csr": f"ECDSA P-256, CN {CSR_NAME}, SAN IP:{SAN_IP} (member n<i>: 10.0.<i div 250>."
+        "<i mod 250 + 1>, its own key)",
         "load_tool": "wrk" if load.wrk_path() else "aiohttp fallback (wrk not installed)",
         "cfssl": {"path": cfssl, "version": cfssl_version(cfssl) if cfssl else None},
         "py_spy": tool_path("py-spy"),
@@ -178,14 +179,20 @@ def plan(duration: float) -> dict[str, Any]:
 # -- what is sent ------------------------------------------------------------------------------
 
 
-def make_csr() -> str:
-    """A P-256 CSR (CN bench-member, SAN IP:10.0.0.1), PEM; one serves every request."""
+def member_ip(index: int) -> str:
+    """The IP SAN of member n<index>: a cluster's members may not share one (discoverd refuses
+    an IP another member's certificate names), so each has its own; n0's is SAN_IP."""
+    return f"10.0.{index // 250}.{index % 250 + 1}"
+
+
+def make_csr(ip: str = SAN_IP) -> str:
+    """A P-256 CSR (CN bench-member, SAN IP:`ip`) with a key of its own, PEM."""
     key = ec.generate_private_key(ec.SECP256R1())
     csr = (
         x509.CertificateSigningRequestBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, CSR_NAME)]))
         .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(SAN_IP))]),
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))]),
             critical=False,
         )
         .sign(key, hashes.SHA256())
@@ -198,12 +205,17 @@ def enroll_body(token: str, name: str, csr: str, profile: str = PROFILE) -> byte
     return json.dumps(body, separators=(",", ":")).encode()
 
 
-def enrollments(tokens: Sequence[str], csr: str, count: int) -> list[bytes]:
-    """`count` unique bodies: body k enrolls member n<k div T> of token k mod T (T tokens)."""
+def enrollments(tokens: Sequence[str], csrs: Sequence[str], count: int) -> list[bytes]:
+    """`count` unique bodies: body k enrolls member n<i> of token k mod T (T tokens, i = k div
+    T) with csrs[i], whose IP SAN is member i's own (`member_ip`)."""
     if count > len(tokens) * TOKEN_SIZE:
         raise ValueError(f"{len(tokens)} tokens of size {TOKEN_SIZE} hold fewer than {count}")
     width = len(tokens)
-    return [enroll_body(tokens[k % width], f"n{k // width}", csr) for k in range(count)]
+    if len(csrs) < math.ceil(count / width):
+        raise ValueError(f"{len(csrs)} CSRs for {math.ceil(count / width)} members per token")
+    return [
+        enroll_body(tokens[k % width], f"n{k // width}", csrs[k // width]) for k in range(count)
+    ]
 
 
 async def new_tokens(base: str, count: int, size: int = TOKEN_SIZE) -> list[str]:
@@ -218,7 +230,9 @@ def tokens_for(count: int) -> int:
 # -- checks ------------------------------------------------------------------------------------
 
 
-def check_certificate(cert_pem: str, ca_pem: str, common_name: str) -> dict[str, Any]:
+def check_certificate(
+    cert_pem: str, ca_pem: str, common_name: str, ip: str = SAN_IP
+) -> dict[str, Any]:
     """The issued certificate names `common_name` and the SAN, and `ca_pem` signed it."""
     try:
         cert = x509.load_pem_x509_certificate(cert_pem.encode())
@@ -233,8 +247,8 @@ def check_certificate(cert_pem: str, ca_pem: str, common_name: str) -> dict[str,
     except x509.ExtensionNotFound:
         raise SigningCheckError("certificate has no SAN extension") from None
     ips = [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)]
-    if SAN_IP not in ips:  # discoverd adds loopback to peer and server certificates
-        raise SigningCheckError(f"certificate IP SANs {ips} lack the CSR's {SAN_IP}")
+    if ip not in ips:  # discoverd adds loopback to peer and server certificates
+        raise SigningCheckError(f"certificate IP SANs {ips} lack the CSR's {ip}")
     public = ca.public_key()
     algorithm = cert.signature_hash_algorithm
     if not isinstance(public, ec.EllipticCurvePublicKey) or algorithm is None:
@@ -430,12 +444,15 @@ async def make_cas(base: str, tokens: Sequence[str]) -> float:
 
 
 async def _prepare(
-    stack: servers.Stack, scratch: Path, csr: str, count: int, name: str
+    stack: servers.Stack, scratch: Path, count: int, name: str
 ) -> tuple[list[bytes], Path, dict[str, Any]]:
-    """Tokens with their CAs, and `count` unique enrollment bodies written one per line."""
+    """Tokens with their CAs, and `count` unique enrollment bodies written one per line (one
+    CSR per member index, each with its own IP SAN, shared by the tokens)."""
     tokens = await new_tokens(stack.url, tokens_for(count))
     ca_ms = await make_cas(stack.url, tokens)
-    bodies = enrollments(tokens, csr, count)
+    members = math.ceil(count / len(tokens))
+    csrs = await asyncio.to_thread(lambda: [make_csr(member_ip(i)) for i in range(members)])
+    bodies = enrollments(tokens, csrs, count)
     path = scratch / f"{name}.bodies"
     path.write_bytes(b"\n".join(bodies) + b"\n")
     made = {"bodies": count, "tokens": len(tokens), "token_size": TOKEN_SIZE}
@@ -454,7 +471,7 @@ async def discoverd_side(
     (scratch / "bench.csr").write_text(csr)
     checked = await check_discoverd(stack.url, csr)
     count = max(MIN_BODIES, math.ceil(duration * BODIES_PER_SECOND))
-    bodies, path, made = await _prepare(stack, scratch, csr, count, "certs-discoverd")
+    bodies, path, made = await _prepare(stack, scratch, count, "certs-discoverd")
     spec = Load("certs_discoverd", f"{stack.url}/api/v1/certs", "POST", duration)
     say(
         f"  wrk: {count:,} unique enrollments over {made['tokens']} tokens of size "
@@ -603,9 +620,7 @@ class Cfssl(ManagedProcess):
             str(key),
             "-config",
             str(config),
-            "-loglevel",
-            str(CFSSL_LOGLEVEL),
-        ]
+        ]  # its default log level, as discoverd runs at its own
         self.launch()
 
     async def wait_ready(self, body: bytes) -> dict[str, Any]:
@@ -640,8 +655,7 @@ async def profile_discoverd(
     seconds = min(PROFILE_SECONDS, duration)
     length = seconds + PROFILE_EXTRA_LOAD
     count = max(MIN_BODIES, math.ceil(rate * length * 2))  # twice what the scored run managed
-    csr = (scratch / "bench.csr").read_text()
-    bodies, path, _ = await _prepare(stack, scratch, csr, count, "certs-profile")
+    bodies, path, _ = await _prepare(stack, scratch, count, "certs-profile")
     spec = Load("certs_profile", f"{stack.url}/api/v1/certs", "POST", length)
     output = scratch / "discoverd.pyspy.raw"
     command = [py_spy, "record", "--gil", "-f", "raw", "-d", f"{seconds:g}"]
