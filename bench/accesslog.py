@@ -38,8 +38,9 @@ async def cost(
 ) -> dict[str, Any]:
     seconds = max(duration / ROUNDS, MIN_SECONDS)
     path = f"/{token}/_config/size"
-    replica = await asyncio.to_thread(stack.start_replica, "discoverd-warning", LEVEL)
+    replica = stack.spawn_replica("discoverd-warning", LEVEL)  # forked by the loop's thread
     try:
+        await asyncio.to_thread(replica.wait_healthy)
         await _serving(replica.url + path)
         await load.measure(Load("access_warmup", replica.url + path, "GET", WARMUP), scratch)
         sides: dict[str, servers.Discoverd] = {"default": stack, "warning": replica}

@@ -1,5 +1,5 @@
 """The processes a bench run owns: one embedded etcd and one `discoverd serve`, on loopback,
-and for one phase a second `discoverd serve` on the same etcd (`Stack.start_replica`).
+and for one phase a second `discoverd serve` on the same etcd (`Stack.spawn_replica`).
 
 discoverd runs as a user runs it: default log level and format (info, one JSON access line per
 request), its stderr appended to a file as a journal would get it. The only flags that differ
@@ -102,6 +102,12 @@ class Discoverd(ManagedProcess):
 
     def serve(self, endpoint: str, extra: tuple[str, ...] = ()) -> None:
         """Start it on `endpoint` and wait until /health answers 200."""
+        self.spawn(endpoint, extra)
+        self.wait_healthy()
+
+    def spawn(self, endpoint: str, extra: tuple[str, ...] = ()) -> None:
+        """Start it on `endpoint`, not waiting. Call it from a thread that outlives it (the event
+        loop's): Linux sends the parent-death signal when the forking *thread* exits."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         flags = self.serve_flags(endpoint, serve_help())
@@ -111,7 +117,6 @@ class Discoverd(ManagedProcess):
             self.command += [flag, value]
         self.command += list(extra)
         self.launch()
-        self._wait_healthy()
 
     def serve_flags(self, endpoint: str, available: str) -> dict[str, tuple[str, str]]:
         """flag -> (value, why the bench does not run the default), for the flags this
@@ -148,7 +153,7 @@ class Discoverd(ManagedProcess):
             flags["--grpc-listen"] = (f"127.0.0.1:{self.grpc_port}", FREE_PORT)
         return flags
 
-    def _wait_healthy(self) -> None:
+    def wait_healthy(self) -> None:
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline:
             assert self.process is not None
@@ -219,12 +224,13 @@ class Stack(Discoverd):
             raise StackError(str(exc)) from exc
         self.serve(endpoint)
 
-    def start_replica(self, label: str, extra: tuple[str, ...]) -> Discoverd:
+    def spawn_replica(self, label: str, extra: tuple[str, ...]) -> Discoverd:
         """A second discoverd on the same etcd with the same service key, as replicas run,
-        plus `extra` flags; started and healthy. The caller stops it by pid (`stop()`)."""
+        plus `extra` flags; started (see `spawn`), not yet healthy (`wait_healthy`). The
+        caller stops it by pid (`stop()`)."""
         other = Discoverd(self.scratch, label, self.wait_timeout)
         try:
-            other.serve(self.etcd.endpoint, ("--service-key-file", str(self.key_file), *extra))
+            other.spawn(self.etcd.endpoint, ("--service-key-file", str(self.key_file), *extra))
         except BaseException:
             other.stop()
             raise

@@ -125,6 +125,8 @@ class EtcdV2(ManagedProcess):
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
+        """Launch it, not waiting (see `wait_ready`). Call it from a thread that outlives it
+        (the event loop's): Linux sends the parent-death signal when the forking thread exits."""
         self.folder.mkdir(parents=True, exist_ok=True)
         self.port, peer_port = free_port(), free_port()
         peer = f"http://127.0.0.1:{peer_port}"
@@ -140,6 +142,9 @@ class EtcdV2(ManagedProcess):
             "--enable-v2",
         ]
         self.launch()
+
+    def wait_ready(self) -> None:
+        """Poll /health until etcd says it is healthy."""
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline:
             if not self.alive():
@@ -196,7 +201,8 @@ async def start(path: Path, folder: Path, token: str) -> tuple[EtcdV2, dict[str,
     """The anchor, started and seeded for `token`; what is known about it."""
     anchor = EtcdV2(path, folder)
     try:
-        await asyncio.to_thread(anchor.start)
+        anchor.start()
+        await asyncio.to_thread(anchor.wait_ready)
         seeded = await seed(anchor.url, token)
     except BaseException:
         with contextlib.suppress(Exception):
