@@ -31,6 +31,8 @@ async def measure(load: Load, scratch: Path) -> LoadResult:
     """Run `load` with wrk, or with the aiohttp fallback when wrk is not installed."""
     wrk = wrk_path()
     if wrk is None:
+        if load.script:
+            raise RuntimeError(f"{load.name} needs wrk (a Lua script makes its requests)")
         return await loadgen.run(load)
     return await _run_wrk(wrk, load, scratch)
 
@@ -43,10 +45,11 @@ async def _run_wrk(wrk: str, load: Load, scratch: Path) -> LoadResult:
         f"-d{load.duration:g}s",
         "--latency",
     ]
-    if load.method == "POST":
-        script = scratch / "post.lua"
-        script.write_text(_POST_SCRIPT)
-        command += ["-s", str(script)]
+    script = load.script or (_POST_SCRIPT if load.method == "POST" else "")
+    if script:
+        path = scratch / f"{load.name}.lua"
+        path.write_text(script)
+        command += ["-s", str(path)]
     command.append(load.url)
     return parse_wrk(await wrk_output(command, load.duration), load, command)
 

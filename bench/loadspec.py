@@ -10,7 +10,8 @@ from typing import Any
 
 @dataclass
 class Load:
-    """What to measure: `method` on `url` for `duration` seconds."""
+    """What to measure: `method` on `url` for `duration` seconds; `script`, when set, is the
+    wrk Lua script that makes each request (the anchor's unique PUTs)."""
 
     name: str
     url: str
@@ -18,6 +19,7 @@ class Load:
     duration: float = 10.0
     threads: int = 2
     connections: int = 32
+    script: str = ""
 
     @property
     def path(self) -> str:

@@ -1,38 +1,50 @@
 """`python -m bench [--quick]`: start etcd and one discoverd, measure, stop both, report.
 
+discoverd runs as a user runs it (default log level and format: one JSON access line per
+request, stderr to a file); the flags that differ from the defaults, and why, are in
+bench.servers and in the results (server.differing_flags).
+
 Phases, in this order (each one's failure is recorded and the next one still runs; `--dns-only`
-runs only 7 and 8, `--skip-dns` all but them; `--certs-only` only 9 to 11, `--skip-certs` all
-but them; `--v3-only` only 12 to 14, `--skip-v3` all but them):
-  1. seed      a size-3 token with 3 real v2 registrations, so reads return real data
-  2. reads     wrk on GET /<token>/_config/size and GET /<token> (after a 2 s warm-up)
-  3. wake      register->wake latency of a long-poll
-  4. waits     N concurrent long-polls: server RSS, then wake-all latency
-  5. drop      N long-polls again, every client gone at once: time until the server let go
-  6. new       wrk on POST /new?size=3 (last: it fills the registry with tokens, which would
-               inflate the RSS measured in phase 4)
-  7. dns       dnsperf on discoverd's DNS responder: SRV (3 SRV + 3 A glue) and A of a fresh
+runs only 8 and 9, `--skip-dns` all but them; `--certs-only` only 10 to 12, `--skip-certs` all
+but them; `--v3-only` only 13 to 15, `--skip-v3` all but them):
+  1. seed      a size-3 token with 3 real v2 registrations, so reads return real data; the v2
+               anchor (etcd 3.4's v2 keys API, bench.v2anchor) started and seeded alike
+  2. reads     wrk on GET /<token>/_config/size and GET /<token> (after a 2 s warm-up), each
+               followed by the same load on the anchor's GET /v2/keys/<token>[/_config/size]
+  3. access    the access log's cost per request: the same read load alternated between this
+               discoverd and a second one on the same etcd at --log-level warning
+               (bench.accesslog)
+  4. wake      register->wake latency of a long-poll
+  5. waits     N concurrent long-polls: server RSS, then wake-all latency
+  6. drop      N long-polls again, every client gone at once: time until the server let go
+  7. new       wrk on POST /new?size=3 (last: it fills the registry with tokens, which would
+               inflate the RSS measured in phase 5), then on the anchor a create-only PUT of a
+               fresh key per request; the anchor is stopped
+  8. dns       dnsperf on discoverd's DNS responder: SRV (3 SRV + 3 A glue) and A of a fresh
                size-3 token, 3 runs of --duration each (bench.dnsload)
-  8. dnsmasq   the same records and loads on dnsmasq, the anchor, started and stopped here
-  9. certs     wrk on POST /api/v1/certs: unique peer enrollments of one P-256 CSR over
+  9. dnsmasq   the same records and loads on dnsmasq, the anchor, started and stopped here
+ 10. certs     wrk on POST /api/v1/certs: unique peer enrollments of one P-256 CSR over
                tokens of size 999 (bench.signing)
- 10. cfssl     wrk on `cfssl serve` POST /api/v1/cfssl/sign with the same CSR, the anchor,
+ 11. cfssl     wrk on `cfssl serve` POST /api/v1/cfssl/sign with the same CSR, the anchor,
                started and stopped here
- 11. profile   only when discoverd signed fewer per second than cfssl: py-spy on discoverd
+ 12. profile   only when discoverd signed fewer per second than cfssl: py-spy on discoverd
                during one more, unscored, enrollment load
- 12. v3 boot   3 and 5 stock etcd 3.7 members through discoverd's v3 face, and through a real
+ 13. v3 boot   3 and 5 stock etcd 3.7 members through discoverd's v3 face, and through a real
                etcd 3.7 as the discovery endpoint, the anchor (bench.v3; needs `make etcd-test`)
- 13. v3 watch  N waiting Watch streams (grpc.aio): server RSS, then wake-all latency, on
+ 14. v3 watch  N waiting Watch streams (grpc.aio): server RSS, then wake-all latency, on
                discoverd and on the real etcd 3.7
- 14. v3 range  KV/Range on a size key from a grpc.aio driver process, on discoverd and on the
+ 15. v3 range  KV/Range on a size key from a grpc.aio driver process, on discoverd and on the
                real etcd 3.7
 
-Every phase also records the CPU seconds discoverd and etcd used during it.
+Every phase also records the CPU seconds discoverd and etcd (and an anchor) used during it.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import secrets
 import shlex
 import signal
 import sys
@@ -46,7 +58,7 @@ from typing import Any
 
 import aiohttp
 
-from bench import client, dnsload, load, report, servers, signing, waits, wake
+from bench import accesslog, client, dnsload, load, report, servers, signing, v2anchor, waits, wake
 from bench import v3 as v3mod
 from bench.loadspec import Load
 
@@ -140,6 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             results["server"] = {
                 "pid": stack.pid,
                 "command": shlex.join(stack.command),
+                "log_level": "the default (info: one JSON access line per request)",
+                "differing_flags": stack.differing,
                 "nofile_limit": stack.server_limits(),
             }
             phases = _Phases(stack, Path(scratch), duration, iterations, count, results)
@@ -156,8 +170,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             status = 1
         finally:
             stack.stop()
-            results.setdefault("server", {})["log"] = stack.log_problems()
+            logged = results.setdefault("server", {})
+            logged["log"] = stack.log_problems()
+            logged["log_bytes"] = stack.log_size()
     results["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    results["machine"]["loadavg_at_end"] = [round(load, 2) for load in os.getloadavg()]
     rows = report.verdicts(results)
     results["verdicts"] = rows
     stamped, _ = report.write(results)
@@ -189,6 +206,8 @@ class _Phases:
         self.dns = True
         self.certs = True
         self.v3 = True
+        self.run_id = secrets.token_hex(4)  # the anchor's fresh keys are unique per run
+        self.anchor_token = ""
 
     async def all(self) -> None:
         task = asyncio.current_task()
@@ -212,13 +231,63 @@ class _Phases:
     async def _http(self) -> None:
         token = await self._seed()
         reads = {"get_size": f"/{token}/_config/size", "get_dir": f"/{token}"}
-        await self._throughput("warmup", reads["get_size"], "GET", WARMUP)
-        for name, path in reads.items():
-            await self._throughput(name, path, "GET")
-        await self._phase("register_wake", f"register->wake x{self.iterations}", self._wake)
-        await self._phase("waits", f"{self.count:,} concurrent waits", self._waits)
-        await self._phase("disconnect", f"{self.count:,} waits dropped at once", self._drop)
-        await self._throughput("new", "/new?size=3", "POST")
+        anchor = await self._start_anchor(token)
+        try:
+            await self._throughput("warmup", reads["get_size"], "GET", WARMUP)
+            await self._anchor_load(anchor, "get_size", WARMUP, "warmup")
+            for name, path in reads.items():
+                await self._throughput(name, path, "GET")
+                await self._anchor_load(anchor, name)
+            await self._phase(
+                "access_log",
+                "access-log cost: GET /<token>/_config/size on this discoverd (info) and on a "
+                f"second one at --log-level warning, {accesslog.ROUNDS} rounds",
+                lambda: accesslog.cost(self.stack, token, self.scratch, self.duration, _say),
+            )
+            await self._phase("register_wake", f"register->wake x{self.iterations}", self._wake)
+            await self._phase("waits", f"{self.count:,} concurrent waits", self._waits)
+            await self._phase("disconnect", f"{self.count:,} waits dropped at once", self._drop)
+            await self._throughput("new", "/new?size=3", "POST")
+            await self._anchor_load(anchor, "new")
+        finally:
+            if anchor is not None:
+                await asyncio.to_thread(anchor.stop)
+
+    async def _start_anchor(self, token: str) -> v2anchor.EtcdV2 | None:
+        """etcd 3.4's v2 API seeded like discoverd, for the v2 ratios; None when it cannot run
+        (why is in the results)."""
+        path = v2anchor.binary()
+        why = v2anchor.missing() or (
+            None if load.wrk_path() else "wrk is not installed (the anchor loads need wrk)"
+        )
+        if why is not None or path is None:
+            _say(f"v2 anchor skipped: {why}")
+            self.results["anchor_v2"] = {"skipped": why}
+            return None
+        _say(f"starting the v2 anchor: etcd {v2anchor.version(path)} with --enable-v2, seeded")
+        try:
+            anchor, info = await v2anchor.start(path, self.scratch / "v2-anchor", token)
+        except Exception as exc:  # the other phases' results still count
+            _say(f"  failed: {type(exc).__name__}: {exc}")
+            self.results["anchor_v2"] = {"error": f"{type(exc).__name__}: {exc}"}
+            return None
+        self.results["anchor_v2"] = info | {"pid": anchor.pid, "throughput": {}}
+        self.anchor_token = token
+        return anchor
+
+    async def _anchor_load(
+        self, anchor: v2anchor.EtcdV2 | None, name: str, duration: float = 0.0, key: str = ""
+    ) -> None:
+        """The anchor's counterpart of discoverd's load `name`, stored under `key` (`name`)."""
+        if anchor is None:
+            return
+        spec = v2anchor.load(
+            name, anchor.url, self.anchor_token, duration or self.duration, self.run_id
+        )
+        found = await self._measure(spec, key or name, {"etcd-3.4": anchor.pid})
+        if "path" in found:
+            found["path"] = v2anchor.shown_path(name, found["path"])
+        self.results["anchor_v2"]["throughput"][key or name] = found
 
     async def _dns(self) -> None:
         """discoverd's responder, then dnsmasq with the same records, under dnsperf."""
@@ -322,18 +391,28 @@ class _Phases:
         self, name: str, path: str, method: str, duration: float | None = None
     ) -> None:
         spec = Load(name, f"{self.base}{path}", method, duration or self.duration)
+        self.results["throughput"][name] = await self._measure(spec, name)
+
+    async def _measure(
+        self, spec: Load, name: str, more: dict[str, int] | None = None
+    ) -> dict[str, Any]:
+        """One wrk load, with the CPU µs per request of each server process."""
 
         async def measure() -> dict[str, Any]:
             return (await load.measure(spec, self.scratch)).as_dict()
 
-        what = f"{method} {spec.path} for {spec.duration:g} s" + (
+        what = f"{spec.method} {spec.path} for {spec.duration:g} s" + (
             " (warm-up, not scored)" if name == "warmup" else ""
         )
-        found = await self._run(what, measure)
+        found = await self._run(what, measure, more)
         if found.get("requests"):
-            cpu = found["cpu_s"]["discoverd"]
-            found["discoverd_cpu_us_per_request"] = round(cpu / found["requests"] * 1e6, 1)
-        self.results["throughput"][name] = found
+            found["cpu_us_per_request"] = {
+                process: round(seconds / found["requests"] * 1e6, 1)
+                for process, seconds in found["cpu_s"].items()
+                if process != "wall"
+            }
+            found["discoverd_cpu_us_per_request"] = found["cpu_us_per_request"]["discoverd"]
+        return found
 
     async def _phase(
         self, name: str, what: str, body: Callable[[], Awaitable[dict[str, Any]]]
@@ -341,10 +420,13 @@ class _Phases:
         self.results[name] = await self._run(what, body)
 
     async def _run(
-        self, what: str, body: Callable[[], Awaitable[dict[str, Any]]]
+        self,
+        what: str,
+        body: Callable[[], Awaitable[dict[str, Any]]],
+        more: dict[str, int] | None = None,
     ) -> dict[str, Any]:
         _say(what)
-        pids = {"discoverd": self.stack.pid, "etcd": self.stack.etcd_pid}
+        pids = {"discoverd": self.stack.pid, "etcd": self.stack.etcd_pid, **(more or {})}
         cpu = {name: sum(servers.cpu_seconds(pid)) for name, pid in pids.items()}
         started = time.monotonic()
         try:

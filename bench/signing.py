@@ -1,7 +1,7 @@
 """CSR signings per second over HTTP: discoverd's POST /api/v1/certs, then `cfssl serve`'s
 POST /api/v1/cfssl/sign (the anchor: Debian's golang-cfssl 1.2.0), in the same run.
 
-Both sign P-256 CSRs (CN bench-member, one key) with a P-256 CA key (ECDSA-SHA256), under
+Both sign P-256 CSRs (CN bench-member, one IP SAN) with a P-256 CA key (ECDSA-SHA256), under
 wrk -t2 -c32 for `duration` seconds:
 
     discoverd  every request enrolls a new (token, name) for the peer profile, as a name can be
@@ -12,17 +12,16 @@ wrk -t2 -c32 for `duration` seconds:
                Any non-200 response fails the load loudly, with the statuses and the first body.
     cfssl      `cfssl serve` with an ECDSA P-256 CA made by `cfssl gencert -initca` and a default
                signing profile (signing, key encipherment, server auth, client auth; 2160h),
-               at -loglevel 2 (warnings, as discoverd runs at --log-level warning: at its
-               default it logs every signing). One body, {"certificate_request": PEM} with
-               member n0's CSR (SAN IP:10.0.0.1), repeated.
+               at its default log level (info: it logs every signing, as discoverd at its
+               default logs every request). One body, {"certificate_request": PEM} with member
+               n0's CSR (SAN IP:10.0.0.1), repeated.
 
 Before any load one request of each is checked (discoverd: 200 and a certificate for the name
 with the SAN, signed by the returned CA; cfssl: success true and the same). During each load
 the CPU seconds of the server processes (discoverd and etcd; cfssl) and of wrk are recorded.
 What the two do per request differs: discoverd also validates the token, the name and the SAN
-policy, and records each certificate in etcd (the enrollments that arrive together share one
-transaction); cfssl 1.2 without -db-config stores nothing. The CPU of discoverd is also split by
-thread: `main` (the event loop: HTTP, checks, signing) and `python` (etcd calls, the watch).
+policy, and records each certificate in etcd (one transaction); cfssl 1.2 without -db-config
+stores nothing.
 
 When discoverd signs fewer per second than cfssl, one more (unscored) load runs with py-spy
 (`py-spy record --gil -f raw`) on discoverd, and its samples are summarized: where the GIL time
@@ -40,7 +39,6 @@ import contextlib
 import ipaddress
 import json
 import math
-import os
 import resource
 import shutil
 import subprocess
@@ -64,14 +62,13 @@ from bench.process import ManagedProcess, run_output
 from discoverd.store.embedded import free_port
 
 PROFILE = "peer"
-SAN_IP = "10.0.0.1"
+SAN_IP = "10.0.0.1"  # member n0's, and the one of cfssl's CSR
 CSR_NAME = "bench-member"
 TOKEN_SIZE = servers.MAX_SIZE  # names n0..n998 per token
 BODIES_PER_SECOND = 6_000  # unique enrollments written per second of load (60,000 for 10 s)
 MIN_BODIES = 2_000
 CHECK_TIMEOUT = aiohttp.ClientTimeout(total=10)
 HEADERS = {"Content-Type": "application/json"}
-CFSSL_LOGLEVEL = 2  # warnings: discoverd runs at --log-level warning
 CFSSL_EXPIRY = "2160h"
 READY_TIMEOUT = 15.0
 POLL_INTERVAL = 0.05
@@ -171,7 +168,8 @@ def plan(duration: float) -> dict[str, Any]:
     return {
         "duration_s": duration,
         "cert_profile": PROFILE,
-        "csr": f"ECDSA P-256, CN {CSR_NAME}, SAN IP:{SAN_IP} (member n<i>: {SAN_IP} + i)",
+        "csr": f"ECDSA P-256, CN {CSR_NAME}, SAN IP:{SAN_IP} (member n<i>: 10.0.<i div 250>."
+        "<i mod 250 + 1>, its own key)",
         "load_tool": "wrk" if load.wrk_path() else "aiohttp fallback (wrk not installed)",
         "cfssl": {"path": cfssl, "version": cfssl_version(cfssl) if cfssl else None},
         "py_spy": tool_path("py-spy"),
@@ -182,26 +180,24 @@ def plan(duration: float) -> dict[str, Any]:
 
 
 def member_ip(index: int) -> str:
-    """The IP SAN of member n<index>: 10.0.0.1 for n0, then one address each (10.0.0.0/22)."""
-    return str(ipaddress.ip_address(SAN_IP) + index)
+    """The IP SAN of member n<index>: a cluster's members may not share one (discoverd refuses
+    an IP another member's certificate names), so each has its own; n0's is SAN_IP."""
+    return f"10.0.{index // 250}.{index % 250 + 1}"
 
 
-def make_csrs(count: int = TOKEN_SIZE) -> list[str]:
-    """P-256 CSRs (CN bench-member, SAN IP:member_ip(i)) of one key, PEM: CSR i serves member
-    n<i> of every token."""
+def make_csr(ip: str = SAN_IP) -> str:
+    """A P-256 CSR (CN bench-member, SAN IP:`ip`) with a key of its own, PEM."""
     key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, CSR_NAME)])
-    csrs = []
-    for index in range(count):
-        san = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(member_ip(index)))])
-        csr = (
-            x509.CertificateSigningRequestBuilder()
-            .subject_name(subject)
-            .add_extension(san, critical=False)
-            .sign(key, hashes.SHA256())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, CSR_NAME)]))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))]),
+            critical=False,
         )
-        csrs.append(csr.public_bytes(serialization.Encoding.PEM).decode())
-    return csrs
+        .sign(key, hashes.SHA256())
+    )
+    return csr.public_bytes(serialization.Encoding.PEM).decode()
 
 
 def enroll_body(token: str, name: str, csr: str, profile: str = PROFILE) -> bytes:
@@ -210,11 +206,13 @@ def enroll_body(token: str, name: str, csr: str, profile: str = PROFILE) -> byte
 
 
 def enrollments(tokens: Sequence[str], csrs: Sequence[str], count: int) -> list[bytes]:
-    """`count` unique bodies: body k enrolls member n<k div T> of token k mod T (T tokens),
-    with CSR k div T."""
-    if count > len(tokens) * min(TOKEN_SIZE, len(csrs)):
+    """`count` unique bodies: body k enrolls member n<i> of token k mod T (T tokens, i = k div
+    T) with csrs[i], whose IP SAN is member i's own (`member_ip`)."""
+    if count > len(tokens) * TOKEN_SIZE:
         raise ValueError(f"{len(tokens)} tokens of size {TOKEN_SIZE} hold fewer than {count}")
     width = len(tokens)
+    if len(csrs) < math.ceil(count / width):
+        raise ValueError(f"{len(csrs)} CSRs for {math.ceil(count / width)} members per token")
     return [
         enroll_body(tokens[k % width], f"n{k // width}", csrs[k // width]) for k in range(count)
     ]
@@ -232,7 +230,9 @@ def tokens_for(count: int) -> int:
 # -- checks ------------------------------------------------------------------------------------
 
 
-def check_certificate(cert_pem: str, ca_pem: str, common_name: str) -> dict[str, Any]:
+def check_certificate(
+    cert_pem: str, ca_pem: str, common_name: str, ip: str = SAN_IP
+) -> dict[str, Any]:
     """The issued certificate names `common_name` and the SAN, and `ca_pem` signed it."""
     try:
         cert = x509.load_pem_x509_certificate(cert_pem.encode())
@@ -247,8 +247,8 @@ def check_certificate(cert_pem: str, ca_pem: str, common_name: str) -> dict[str,
     except x509.ExtensionNotFound:
         raise SigningCheckError("certificate has no SAN extension") from None
     ips = [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)]
-    if SAN_IP not in ips:  # discoverd adds loopback to peer and server certificates
-        raise SigningCheckError(f"certificate IP SANs {ips} lack the CSR's {SAN_IP}")
+    if ip not in ips:  # discoverd adds loopback to peer and server certificates
+        raise SigningCheckError(f"certificate IP SANs {ips} lack the CSR's {ip}")
     public = ca.public_key()
     algorithm = cert.signature_hash_algorithm
     if not isinstance(public, ec.EllipticCurvePublicKey) or algorithm is None:
@@ -318,26 +318,6 @@ def _cpu(pid: int) -> float:
     return sum(servers.cpu_seconds(pid))
 
 
-def _rounded(seconds: Counter[str]) -> dict[str, float]:
-    return {kind: round(value, 2) for kind, value in seconds.most_common()}
-
-
-def thread_cpu(pid: int) -> Counter[str]:
-    """CPU seconds (user + system) of `pid`'s live threads by kind: its thread names (comm)
-    without the number a pool gives each (`etcd_3` -> `etcd`); the main thread as `main`."""
-    tick = os.sysconf("SC_CLK_TCK")
-    found: Counter[str] = Counter()
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            head, _, tail = (task / "stat").read_text().rpartition(")")
-        except OSError:
-            continue  # the thread ended
-        fields = tail.split()
-        name = "main" if task.name == str(pid) else head.partition("(")[2].rstrip("0123456789_")
-        found[name] += (int(fields[11]) + int(fields[12])) / tick
-    return found
-
-
 async def _load(
     spec: Load, scratch: Path, lua: str, bodies: Sequence[bytes]
 ) -> tuple[LoadResult, dict[str, Any]]:
@@ -398,27 +378,20 @@ async def _timed(
 ) -> dict[str, Any]:
     """One load with the CPU seconds of `pids` and of the load generator during it."""
     before = {name: _cpu(pid) for name, pid in pids.items()}
-    threads = {name: thread_cpu(pid) for name, pid in pids.items()}
     children = _children_cpu()
     started = time.monotonic()
     result, script = await _load(spec, scratch, lua, bodies)
     wall = time.monotonic() - started
     cpu = {name: round(_cpu(pid) - before[name], 2) for name, pid in pids.items()}
-    by_thread = {name: _rounded(thread_cpu(pid) - threads[name]) for name, pid in pids.items()}
     found = result.as_dict()
     found["signings_per_s"] = result.requests_per_s
     found["load_cpu_s"] = {**cpu, "load_generator": round(_children_cpu() - children, 2)}
     found["load_cpu_s"]["wall"] = round(wall, 2)
     if load.wrk_path() is None:
         found["load_cpu_s"]["load_generator"] = None  # the fallback runs in this process
-    found["load_cpu_s_by_thread"] = by_thread  # threads that ended during the load are missing
     if result.requests:
         found["cpu_us_per_signing"] = {
             name: round(seconds / result.requests * 1e6, 1) for name, seconds in cpu.items()
-        }
-        found["cpu_us_per_signing_by_thread"] = {
-            name: {kind: round(s / result.requests * 1e6, 1) for kind, s in kinds.items()}
-            for name, kinds in by_thread.items()
         }
     found["cores_busy"] = {
         name: round(seconds / max(result.duration_s, 1e-9), 2) for name, seconds in cpu.items()
@@ -471,11 +444,14 @@ async def make_cas(base: str, tokens: Sequence[str]) -> float:
 
 
 async def _prepare(
-    stack: servers.Stack, scratch: Path, csrs: Sequence[str], count: int, name: str
+    stack: servers.Stack, scratch: Path, count: int, name: str
 ) -> tuple[list[bytes], Path, dict[str, Any]]:
-    """Tokens with their CAs, and `count` unique enrollment bodies written one per line."""
+    """Tokens with their CAs, and `count` unique enrollment bodies written one per line (one
+    CSR per member index, each with its own IP SAN, shared by the tokens)."""
     tokens = await new_tokens(stack.url, tokens_for(count))
     ca_ms = await make_cas(stack.url, tokens)
+    members = math.ceil(count / len(tokens))
+    csrs = await asyncio.to_thread(lambda: [make_csr(member_ip(i)) for i in range(members)])
     bodies = enrollments(tokens, csrs, count)
     path = scratch / f"{name}.bodies"
     path.write_bytes(b"\n".join(bodies) + b"\n")
@@ -491,12 +467,11 @@ async def discoverd_side(
     stack: servers.Stack, scratch: Path, duration: float, say: Callable[[str], None]
 ) -> dict[str, Any]:
     """Check one enrollment, then wrk unique enrollments at discoverd for `duration` s."""
-    csrs = make_csrs()
-    (scratch / "bench.csr").write_text(csrs[0])
-    (scratch / "bench.csrs.json").write_text(json.dumps(csrs))
-    checked = await check_discoverd(stack.url, csrs[0])
+    csr = make_csr()
+    (scratch / "bench.csr").write_text(csr)
+    checked = await check_discoverd(stack.url, csr)
     count = max(MIN_BODIES, math.ceil(duration * BODIES_PER_SECOND))
-    bodies, path, made = await _prepare(stack, scratch, csrs, count, "certs-discoverd")
+    bodies, path, made = await _prepare(stack, scratch, count, "certs-discoverd")
     spec = Load("certs_discoverd", f"{stack.url}/api/v1/certs", "POST", duration)
     say(
         f"  wrk: {count:,} unique enrollments over {made['tokens']} tokens of size "
@@ -516,14 +491,9 @@ async def discoverd_side(
     )
     _fail_on_rejections(found, "POST /api/v1/certs")
     cpu = found["load_cpu_s"]
-    threads = ", ".join(
-        f"{kind} {us:,.0f}"
-        for kind, us in found.get("cpu_us_per_signing_by_thread", {}).get("discoverd", {}).items()
-    )
     say(
         f"    {found['signings_per_s']:,.0f} signings/s, p50 {found['p50_ms']:.1f} ms, "
-        f"CPU discoverd {cpu['discoverd']} s + etcd {cpu['etcd']} s; discoverd's µs per "
-        f"signing by thread: {threads}"
+        f"CPU discoverd {cpu['discoverd']} s + etcd {cpu['etcd']} s"
     )
     return found
 
@@ -534,7 +504,7 @@ async def cfssl_side(scratch: Path, duration: float, say: Callable[[str], None])
     if binary is None:
         return {"skipped": "cfssl not installed (Debian golang-cfssl; `make bench` installs it)"}
     csr_path = scratch / "bench.csr"
-    csr = csr_path.read_text() if csr_path.exists() else make_csrs(1)[0]
+    csr = csr_path.read_text() if csr_path.exists() else make_csr()
     body = json.dumps({"certificate_request": csr}).encode()
     body_path = scratch / "cfssl-sign.json"
     body_path.write_bytes(body)
@@ -650,9 +620,7 @@ class Cfssl(ManagedProcess):
             str(key),
             "-config",
             str(config),
-            "-loglevel",
-            str(CFSSL_LOGLEVEL),
-        ]
+        ]  # its default log level, as discoverd runs at its own
         self.launch()
 
     async def wait_ready(self, body: bytes) -> dict[str, Any]:
@@ -687,8 +655,7 @@ async def profile_discoverd(
     seconds = min(PROFILE_SECONDS, duration)
     length = seconds + PROFILE_EXTRA_LOAD
     count = max(MIN_BODIES, math.ceil(rate * length * 2))  # twice what the scored run managed
-    csrs = json.loads((scratch / "bench.csrs.json").read_text())
-    bodies, path, _ = await _prepare(stack, scratch, csrs, count, "certs-profile")
+    bodies, path, _ = await _prepare(stack, scratch, count, "certs-profile")
     spec = Load("certs_profile", f"{stack.url}/api/v1/certs", "POST", length)
     output = scratch / "discoverd.pyspy.raw"
     command = [py_spy, "record", "--gil", "-f", "raw", "-d", f"{seconds:g}"]

@@ -9,7 +9,10 @@ first, and time until the server has let go of every wait. The server's event lo
 work, so the slowest /metrics poll meanwhile shows how long it stopped serving anyone else.
 
 Connections are opened `OPEN_PARALLEL` at a time: aiohttp listens with a backlog of 128, and a
-burst of thousands of SYNs past it would measure the kernel's SYN retries, not discoverd.
+burst of thousands of SYNs past it would measure the kernel's SYN retries, not discoverd. They
+come from `PER_SOURCE` at most per loopback source address (127.0.150.1, 127.0.150.2, ...), as
+waiting members come from many hosts: discoverd caps the connections of one client address
+(discoverd.listener.PER_ADDRESS, 256), and a bench from one address would measure that cap.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -29,7 +33,9 @@ from bench import client
 from bench.servers import rss_kb
 from bench.stats import summary_ms
 
-SESSIONS = 8
+SESSIONS = 8  # at least this many client sessions, each from its own source address
+PER_SOURCE = 200  # waits per source address: below discoverd's cap of 256 per client address
+SOURCE_THIRD = 150  # source addresses 127.0.150.1 and up (the tests' members use other /24s)
 OPEN_PARALLEL = 128
 OPEN_TIMEOUT = 120.0
 GAUGE_TIMEOUT = 20.0
@@ -110,11 +116,14 @@ async def _holding(control: aiohttp.ClientSession, base: str, count: int) -> Asy
     held = Held(token, count)
     gate = asyncio.Semaphore(OPEN_PARALLEL)
     pool = [
-        aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=HOLD_TIMEOUT)
-        for _ in range(SESSIONS)
+        aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, local_addr=(source(n), 0)),
+            timeout=HOLD_TIMEOUT,
+        )
+        for n in range(max(SESSIONS, math.ceil(count / PER_SOURCE)))
     ]
     held.tasks = [
-        asyncio.create_task(_hold(pool[i % SESSIONS], url, gate, held)) for i in range(count)
+        asyncio.create_task(_hold(pool[i % len(pool)], url, gate, held)) for i in range(count)
     ]
     try:
         started = time.perf_counter()
@@ -127,6 +136,11 @@ async def _holding(control: aiohttp.ClientSession, base: str, count: int) -> Asy
             task.cancel()
         await asyncio.gather(*held.tasks, return_exceptions=True)
         await asyncio.gather(*(session.close() for session in pool))
+
+
+def source(n: int) -> str:
+    """The `n`th loopback source address of the waits."""
+    return f"127.0.{SOURCE_THIRD + n // 250}.{1 + n % 250}"
 
 
 async def _hold(
