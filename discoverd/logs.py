@@ -112,9 +112,6 @@ class TextFormatter(logging.Formatter):
 
 
 BATCH = 1024  # records formatted and written per write() at most
-# After the first record of a batch, the writer lets more arrive before it works: under load it
-# then takes the GIL and calls write() tens of times a second, not once per request.
-LINGER = 0.02
 
 
 class BackgroundHandler(logging.Handler):
@@ -162,8 +159,6 @@ class BackgroundHandler(logging.Handler):
     def _write(self) -> None:
         while True:
             batch = [self._queue.get()]
-            if not isinstance(batch[0], threading.Event) and batch[0] is not _STOP:
-                time.sleep(LINGER)
             while len(batch) < BATCH:
                 try:
                     batch.append(self._queue.get_nowait())
