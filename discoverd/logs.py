@@ -222,9 +222,13 @@ class AccessRecord(logging.LogRecord):
 
 
 _UNSHOWN: dict[str, Any] = {
-    "pathname": "access", "filename": "access", "module": "access", "funcName": "log",
-    "lineno": 0, "relativeCreated": 0.0, "thread": None, "threadName": None,
-    "process": None, "processName": None, "taskName": None,
+    key: value
+    for key, value in {
+        "pathname": "access", "filename": "access", "module": "access", "funcName": "log",
+        "lineno": 0, "relativeCreated": 0.0, "thread": None, "threadName": None,
+        "process": None, "processName": None, "taskName": None,
+    }.items()
+    if key in _STANDARD  # taskName exists from Python 3.12 on
 }  # fmt: skip
 
 

@@ -89,6 +89,7 @@ def test_the_background_writer_redacts_formats_and_flushes_in_order():
         assert lines[0]["msg"] == "token {token:" + logs.fingerprint(TOKEN) + "} in [{'n': 1}]"
         assert [line["msg"] for line in lines[1:501]] == [f"line {n}" for n in range(500)]
         assert lines[-1]["status"] == 200 and lines[-1]["level"] == "info"
+        assert set(lines[-1]) == {"ts", "level", "logger", "msg", "path", "status"}  # no noise
         log.info("the last words")
     finally:
         handler.close()  # what logging.shutdown() does at exit: everything queued is written
