@@ -6,9 +6,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-# command:debian-package pairs. Tests: etcd 3.4 (compatibility) and dig. Bench: the load tools
+# command:debian-package pairs. Tests: etcd 3.4 (compatibility), dig, wrk (the bench's own tests). Bench: the load tools
 # and the anchors: dnsmasq (DNS), cfssl (signing), etcd 3.4's v2 keys API (v2 HTTP).
-TEST_TOOLS  := etcd:etcd-server dig:bind9-dnsutils unshare:util-linux cloud-init:cloud-init
+TEST_TOOLS  := etcd:etcd-server dig:bind9-dnsutils unshare:util-linux cloud-init:cloud-init wrk:wrk
 BENCH_TOOLS := wrk:wrk dnsperf:dnsperf dnsmasq:dnsmasq-base cfssl:golang-cfssl etcd:etcd-server
 # Stock etcd versions with v3 discovery (no wheel or Debian package exists): built from etcd's Go
 # modules once per machine into $DISCOVERD_ETCD_CACHE (~/.cache/discoverd-etcd), never the tree.
