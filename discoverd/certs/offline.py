@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import json
-import os
 from pathlib import Path
 
 from cryptography import x509 as cx509
@@ -25,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from discoverd.certs import policy, x509
 from discoverd.certs.x509 import Profile, Sans
 from discoverd.errors import Invalid
+from discoverd.join import write_private, write_public
 
 _NAME_FIELDS = {
     "C": NameOID.COUNTRY_NAME,
@@ -49,21 +49,6 @@ class CsrJson(BaseModel):
     hosts: list[str] = Field(default_factory=list, max_length=100)
     key: KeySpec = Field(default_factory=KeySpec)
     names: list[dict[str, str]] = Field(default_factory=list)
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write a secret atomically with mode 0600 (never briefly readable by others)."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(temporary, path)
-
-
-def write_public(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
 
 
 def ca_init(directory: Path, common_name: str = "discoverd etcd CA") -> Path:

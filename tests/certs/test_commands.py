@@ -21,7 +21,7 @@ from discoverd.certs import x509
 from discoverd.cli import main
 from discoverd.config import Settings
 from tests.certs.test_handlers import csr, enroll
-from tests.store.secure_etcd import PASSWORD, USER, Pki, SecureCluster
+from tests.store.secure_etcd import PASSWORD, USER, Pki, SecureCluster, secured_etcd
 
 
 def openssl(*args: str) -> str:
@@ -212,14 +212,8 @@ async def test_revoke_from_the_cli(client, etcd_endpoint, tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureCluster]:
-    workdir = tmp_path_factory.mktemp("revoke-secure-etcd")
-    cluster = SecureCluster(workdir, Pki.make(workdir / "pki"), size=1)
-    try:
-        cluster.start()
-        cluster.enable_auth()
+    with secured_etcd(tmp_path_factory.mktemp("revoke-secure-etcd"), size=1) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ from tests.e2e.conftest import (
     wait_for,
     wait_registered,
 )
-from tests.store.secure_etcd import OUTSIDER, PASSWORD, USER, Pki, SecureCluster
+from tests.store.secure_etcd import OUTSIDER, PASSWORD, USER, Pki, SecureCluster, secured_etcd
 from tests.support import DiscoverdProcess, http
 
 pytestmark = pytest.mark.e2e
@@ -39,14 +39,8 @@ MISCONFIGURED_TIMEOUT = 45.0  # discoverd waits 10 s for a first sync before it 
 
 @pytest.fixture(scope="module")
 def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureCluster]:
-    workdir = tmp_path_factory.mktemp("backing-tls")
-    cluster = SecureCluster(workdir, Pki.make(workdir / "pki"), size=3)
-    try:
-        cluster.start()
-        cluster.enable_auth()
+    with secured_etcd(tmp_path_factory.mktemp("backing-tls"), size=3) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 def tls_flags(

@@ -23,7 +23,8 @@ import ssl
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -296,3 +297,15 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
 def _env() -> dict[str, str]:
     """Our environment without ETCD_*/ETCDCTL_* (etcd and etcdctl would read them as flags)."""
     return {k: v for k, v in os.environ.items() if not k.startswith(("ETCD_", "ETCDCTL_"))}
+
+
+@contextmanager
+def secured_etcd(workdir: Path, size: int) -> Iterator[SecureCluster]:
+    """A TLS, client-certificate, auth-enabled etcd of `size` members, stopped on exit."""
+    cluster = SecureCluster(workdir, Pki.make(workdir / "pki"), size=size)
+    try:
+        cluster.start()
+        cluster.enable_auth()
+        yield cluster
+    finally:
+        cluster.stop()

@@ -14,19 +14,21 @@ import pytest
 from discoverd.errors import Unavailable
 from discoverd.store.access import AccessRefused, EtcdAccess
 from discoverd.store.gateway import EtcdGateway, b64
-from tests.store.secure_etcd import OUTSIDER, PASSWORD, PREFIX, USER, Pki, SecureCluster
+from tests.store.secure_etcd import (
+    OUTSIDER,
+    PASSWORD,
+    PREFIX,
+    USER,
+    Pki,
+    SecureCluster,
+    secured_etcd,
+)
 
 
 @pytest.fixture(scope="module")
 def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureCluster]:
-    workdir = tmp_path_factory.mktemp("secure-etcd")
-    cluster = SecureCluster(workdir, Pki.make(workdir / "pki"), size=1)
-    try:
-        cluster.start()
-        cluster.enable_auth()
+    with secured_etcd(tmp_path_factory.mktemp("secure-etcd"), size=1) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 @pytest.fixture
