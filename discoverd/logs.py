@@ -6,20 +6,28 @@ revealing it: message, arguments, extra fields, exception text and stack alike.
 
 Logging must not cost the event loop: the root handler only freezes a record's message and
 queues it (`BackgroundHandler`); a writer thread redacts, formats and writes whatever has queued
-up, in one write per batch. An access line is built once, its path already redacted, and marked
-so that it is not scanned again."""
+up, in one write per batch. An access line, one per request, is the hot case: when the access
+logger's records would reach only that handler (the service as run), the line is rendered on the
+spot by the output formatter's `access_line` (the same text `format` gives for the equivalent
+record, with no `LogRecord`, no logger dispatch and nothing left for the writer but the write)
+and queued as text; otherwise (a test's capture handler, say) it goes through logging as a
+record built clean, its path already redacted, marked so that it is not scanned again."""
 
 from __future__ import annotations
 
+import collections
+import functools
 import hashlib
 import json
 import logging
+import math
 import queue
 import re
 import sys
 import threading
 import time
-from typing import Any
+from json.encoder import encode_basestring_ascii
+from typing import Any, NamedTuple
 
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web import BaseRequest, StreamResponse
@@ -30,9 +38,20 @@ _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"me
 
 def redact(text: str) -> str:
     """Replace every token-shaped string with its fingerprint."""
+    if len(text) <= _CACHED_LENGTH:  # a request path: the same few are read over and over
+        return _redact_cached(text)
+    return _redact(text)
+
+
+def _redact(text: str) -> str:
     return _TOKEN.sub(lambda m: "{token:" + fingerprint(m.group().lower()) + "}", text)
 
 
+_CACHED_LENGTH = 160  # 8,192 texts of at most this length: ~3 MB at most
+_redact_cached = functools.lru_cache(maxsize=8192)(_redact)
+
+
+@functools.lru_cache(maxsize=4096)  # the same few tokens are read over and over
 def fingerprint(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()[:8]
 
@@ -94,8 +113,48 @@ class JsonFormatter(logging.Formatter):
             entry["exc"] = record.exc_text
         return json.dumps(entry, default=str)
 
+    def access_line(self, name: str, created: float, access: Access) -> str:
+        """What `format` gives for `access.record(name)` created at `created`, without
+        building the record or a dict."""
+        method, path, status, duration_ms, remote, size = access
+        return (
+            f'{{"ts": "{self._timestamp(created)}", "level": "info", '
+            f'"logger": {encode_basestring_ascii(name)}, '
+            f'"msg": {encode_basestring_ascii(f"{method} {path} {status}")}, '
+            f'"method": {encode_basestring_ascii(method)}, '
+            f'"path": {encode_basestring_ascii(path)}, '
+            f'"status": {_json_value(status)}, "duration_ms": {_json_value(duration_ms)}, '
+            f'"remote": {_json_value(remote)}, "bytes": {_json_value(size)}}}'
+        )
+
+
+def _json_value(value: Any) -> str:
+    if isinstance(value, str):
+        return encode_basestring_ascii(value)
+    if type(value) is int or (type(value) is float and math.isfinite(value)):
+        return repr(value)
+    return json.dumps(value, default=str)  # None, booleans, NaN, anything else
+
 
 class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__()
+        self._second = -1
+        self._stamp = ""
+
+    def access_line(self, name: str, created: float, access: Access) -> str:
+        """What `format` gives for `access.record(name)` created at `created`."""
+        second = int(created)
+        if second != self._second:  # strftime once a second, as formatTime does every line
+            self._second = second
+            self._stamp = time.strftime(self.default_time_format, self.converter(second))
+        method, path, status, duration_ms, remote, size = access
+        return (
+            f"{self._stamp},{int((created - second) * 1000):03d} info    {name}: "
+            f"{method} {path} {status} method={method} path={path} status={status} "
+            f"duration_ms={duration_ms} remote={remote} bytes={size}"
+        )
+
     def format(self, record: logging.LogRecord) -> str:
         extra = " ".join(
             f"{key}={value}"
@@ -112,6 +171,7 @@ class TextFormatter(logging.Formatter):
 
 
 BATCH = 1024  # records formatted and written per write() at most
+LINGER = 0.005  # seconds the writer waits after a wake-up for more to write
 
 
 class BackgroundHandler(logging.Handler):
@@ -120,12 +180,17 @@ class BackgroundHandler(logging.Handler):
 
     The calling thread only freezes the message (`%` formatting of its arguments, which may be
     objects that change later) and enqueues; `close()` (and so `logging.shutdown()` at exit)
-    writes what is left."""
+    writes what is left. `access()` queues an access line already rendered. Records and lines
+    share one queue, so the output keeps the order they were logged in; the writer is woken
+    once per batch, not once per item."""
 
     def __init__(self, target: logging.StreamHandler[Any]) -> None:
         super().__init__()
         self._target = target
-        self._queue: queue.SimpleQueue[logging.LogRecord | threading.Event] = queue.SimpleQueue()
+        self._access_line = getattr(target.formatter, "access_line", None)
+        self._items: collections.deque[_Item] = collections.deque()
+        self._wake: queue.SimpleQueue[None] = queue.SimpleQueue()
+        self._woken = False  # a wake-up is pending: the writer has not started draining yet
         self._thread = threading.Thread(target=self._write, name="log-writer", daemon=True)
         self._thread.start()
 
@@ -142,50 +207,90 @@ class BackgroundHandler(logging.Handler):
                 record.msg, record.args = record.getMessage(), None
             except Exception:  # a bad format string: the writer logs what there is
                 record.msg, record.args = f"{record.msg} {record.args}", None
-        self._queue.put(record)
+        self._put(record)
+
+    def renders(self, logger: logging.Logger) -> bool:
+        """Whether `logger`'s info records reach this handler and nothing else: then an access
+        line can be rendered by `access` instead of travelling as a record."""
+        if self._access_line is None or self.filters:
+            return False
+        node: logging.Logger | None = logger
+        while node is not None and node.parent is not None:  # up to the root
+            if node.handlers or node.filters or not node.propagate:
+                return False
+            node = node.parent
+        return node is not None and node.handlers == [self] and not node.filters
+
+    def access(self, name: str, access: Access) -> None:
+        """Queue `access`'s info line for logger `name`, rendered now by the output's
+        formatter. The caller redacted it (the output filter does not see this line)."""
+        assert self._access_line is not None
+        self._put(self._access_line(name, time.time(), access))
+
+    def _put(self, item: _Item) -> None:
+        self._items.append(item)
+        if not self._woken:
+            self._woken = True
+            self._wake.put(None)
 
     def drain(self, timeout: float = 5.0) -> bool:
         """Wait until everything queued so far is written (tests, shutdown)."""
         written = threading.Event()
-        self._queue.put(written)  # the writer sets it when it gets there
+        self._put(written)  # the writer sets it when it gets there
         return written.wait(timeout)
 
     def close(self) -> None:
         if self._thread.is_alive():
-            self._queue.put(_STOP)
+            self._put(_STOP)
             self._thread.join(5.0)
         super().close()
 
     def _write(self) -> None:
         while True:
-            batch = [self._queue.get()]
-            while len(batch) < BATCH:
+            self._wake.get()
+            # Let a busy loop's lines gather: one wake-up and one write per LINGER, not per
+            # line (each wake-up costs the event loop a GIL hand-off).
+            time.sleep(LINGER)
+            self._woken = False  # before draining: whatever comes after this wakes us again
+            while self._items:
+                if self._batch():
+                    return
+
+    def _batch(self) -> bool:
+        """Write up to BATCH queued items; True once the stop item was reached."""
+        lines: list[str] = []
+        reached: list[threading.Event] = []
+        stop = False
+        for _ in range(BATCH):
+            try:
+                item = self._items.popleft()
+            except IndexError:
+                break
+            if isinstance(item, str):
+                lines.append(item)
+            elif isinstance(item, threading.Event):
+                reached.append(item)
+            elif item is _STOP:
+                stop = True
+                break
+            else:
                 try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            lines = []
-            reached = [item for item in batch if isinstance(item, threading.Event)]
-            for record in batch:
-                if isinstance(record, threading.Event) or record is _STOP:
-                    continue
-                try:
-                    if self._target.filter(record):
-                        lines.append(self._target.format(record))
+                    if self._target.filter(item):
+                        lines.append(self._target.format(item))
                 except Exception:
-                    self._target.handleError(record)
-            if lines:
-                try:
-                    self._target.stream.write("\n".join(lines) + "\n")
-                    self._target.flush()
-                except (OSError, ValueError):  # a closed or broken stderr: nowhere to say so
-                    lines.clear()
-            for event in reached:
-                event.set()
-            if any(record is _STOP for record in batch):
-                return
+                    self._target.handleError(item)
+        if lines:
+            try:
+                self._target.stream.write("\n".join(lines) + "\n")
+                self._target.flush()
+            except (OSError, ValueError):  # a closed or broken stderr: nowhere to say so
+                pass
+        for event in reached:
+            event.set()
+        return stop
 
 
+_Item = logging.LogRecord | threading.Event | str
 _STOP = logging.LogRecord("discoverd.logs", logging.DEBUG, __file__, 0, "stop", None, None)
 
 
@@ -203,6 +308,20 @@ def setup(level: str, fmt: str) -> BackgroundHandler:
     # requests/urllib3 log connection details that can include etcd keys.
     logging.getLogger("urllib3").setLevel(logging.WARNING)
     return handler
+
+
+class Access(NamedTuple):
+    """One request as its access line shows it, the path already redacted."""
+
+    method: str
+    path: str
+    status: int
+    duration_ms: float
+    remote: str | None
+    bytes: int | None
+
+    def record(self, name: str) -> AccessRecord:
+        return AccessRecord(name, f"{self.method} {self.path} {self.status}", self._asdict())
 
 
 class AccessRecord(logging.LogRecord):
@@ -233,21 +352,26 @@ _UNSHOWN: dict[str, Any] = {
 
 
 class AccessLogger(AbstractAccessLogger):
-    """One line per request: method, redacted path, status, duration, client, bytes. The record
-    is built clean (its path redacted here) and marked so that the output filter skips it."""
+    """One line per request: method, redacted path, status, duration, client, bytes. Rendered
+    on the spot and queued as text when the root handler is the only one its records would
+    reach (`BackgroundHandler.renders`); otherwise a record built clean (its path redacted
+    here) and marked so that the output filter skips it."""
 
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
-        path = redact(request.path_qs)
-        method, status = request.method, response.status
-        fields = {
-            "method": method,
-            "path": path,
-            "status": status,
-            "duration_ms": round(time * 1000, 2),
-            "remote": request.remote,
-            "bytes": response.body_length,
-        }
-        self.logger.handle(AccessRecord(self.logger.name, f"{method} {path} {status}", fields))
+        access = Access(
+            request.method,
+            redact(request.path_qs),
+            response.status,
+            round(time * 1000, 2),
+            request.remote,
+            response.body_length,
+        )
+        root = logging.root.handlers
+        handler = root[0] if len(root) == 1 else None
+        if isinstance(handler, BackgroundHandler) and handler.renders(self.logger):
+            handler.access(self.logger.name, access)
+        else:
+            self.logger.handle(access.record(self.logger.name))
 
     @property
     def enabled(self) -> bool:
