@@ -6,12 +6,15 @@ the public Go discovery service proxies every request to, seeded alike and measu
 same wrk load in the same run (bench.v2anchor): each v2 figure is a ratio to it. The issue's
 goals (reads at least 3 times, /new twice the Go service's req/s) were set against the Go
 service, which is slower than raw etcd: a ratio that meets them against raw etcd meets them,
-one below is not judged. The access log's cost is discoverd against itself at --log-level
-warning (bench.accesslog). The DNS
-anchor is dnsmasq serving the same records, measured by dnsperf in the same run (bench.dnsload).
-The CSR signing anchor is `cfssl serve` (Debian's golang-cfssl 1.2.0) signing the same P-256 CSR
-under the same wrk load in the same run (bench.signing). The v3 discovery anchor is a real etcd
-3.7 used as the discovery endpoint, in the same run (bench.v3, rows in bench.v3report).
+one below is not judged. When the run is given a build of the Go service itself
+(`--go-discovery PATH`, bench.goanchor), it runs in front of that etcd 3.4 under the same loads,
+each v2 figure also shows its ratio to it, and the goals are judged on that ratio (met or not);
+otherwise a row says it was not run. The access log's cost is discoverd against itself at
+--log-level warning (bench.accesslog). The DNS anchor is dnsmasq serving the same records,
+measured by dnsperf in the same run (bench.dnsload). The CSR signing anchor is `cfssl serve`
+(Debian's golang-cfssl 1.2.0) signing the same P-256 CSR under the same wrk load in the same run
+(bench.signing). The v3 discovery anchor is a real etcd 3.7 used as the discovery endpoint, in
+the same run (bench.v3, rows in bench.v3report).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ PROFILE_ROWS = 4  # innermost discoverd functions shown in the table
 
 # load name -> the issue's goal: discoverd / the Go discovery service
 GOALS = {"get_size": 3.0, "get_dir": 3.0, "new": 2.0}
+GO_PROCESSES = ("go-discovery", "etcd-3.4")  # the CPU the Go anchor's requests cost
 
 
 def machine() -> dict[str, Any]:
@@ -94,11 +98,13 @@ def write(results: dict[str, Any]) -> tuple[Path, Path]:
 def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per metric: what discoverd did, the anchor, the target, and whether it met it."""
     rows: list[dict[str, Any]] = []
-    anchor = results.get("anchor_v2", {})
+    anchor, go = results.get("anchor_v2", {}), results.get("anchor_go")
     for name, load in results.get("throughput", {}).items():
         if name == "warmup":
             continue
-        rows.extend(throughput_verdicts(name, load, anchor))
+        rows.extend(throughput_verdicts(name, load, anchor, go or {}))
+    if go is not None:
+        rows.append(go_anchor_row(go))
     if "access_log" in results:
         rows.extend(access_log_verdicts(results["access_log"]))
     wake = results.get("register_wake", {})
@@ -157,39 +163,64 @@ def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def throughput_verdicts(
-    name: str, load: dict[str, Any], anchor: dict[str, Any]
+    name: str, load: dict[str, Any], anchor: dict[str, Any], go: dict[str, Any] | None = None
 ) -> list[dict[str, Any]]:
-    """discoverd's req/s on one v2 load as a ratio to the etcd v2 anchor's, then latency and CPU
-    per request of both."""
+    """discoverd's req/s on one v2 load as a ratio to the etcd v2 anchor's and, when it ran, to
+    the Go discovery service's (`go`, bench.goanchor), then latency and CPU per request."""
     if "error" in load:
         return [_row(f"{name}: failed", load["error"][:60], "", "", met=False)]
     theirs = anchor.get("throughput", {}).get(name, {})
+    service = (go or {}).get("throughput", {}).get(name, {})
     label = f"{load['method']} {load['path']}"
     rps, base = load["requests_per_s"], theirs.get("requests_per_s")
+    go_rps = service.get("requests_per_s")
     goal = GOALS.get(name)
     ratio = rps / base if base else None
-    value = f"{rps:,.0f}" + (f" ({ratio:.2f}{TIMES} etcd v2)" if ratio is not None else "")
+    go_ratio = rps / go_rps if go_rps else None
+    ratios = [f"{ratio:.2f}{TIMES} etcd v2"] if ratio is not None else []
+    ratios += [f"{go_ratio:.2f}{TIMES} Go service"] if go_ratio is not None else []
+    value = f"{rps:,.0f}" + (f" ({' · '.join(ratios)})" if ratios else "")
     if base:
         shown = f"{base:,.0f} (etcd {anchor.get('version', '?')} {theirs['method']} "
         anchor_text = shown + f"{theirs['path']}, same run)"
     else:
         anchor_text = _anchor_missing(anchor, theirs)
-    target = (
-        f"issue: ≥ {goal:g}{TIMES} the Go service (raw etcd is a stricter anchor)" if goal else "—"
-    )
-    met = True if ratio is not None and goal and ratio >= goal else None
+    if go_rps:
+        anchor_text += f" · Go service {go_rps:,.0f} ({service['method']} {service['path']})"
+    elif "error" in service:
+        anchor_text += f" · Go service failed: {service['error'][:60]}"
+    if go_ratio is not None and goal:
+        target, met = f"issue: ≥ {goal:g}{TIMES} the Go service", go_ratio >= goal
+    else:
+        target = (
+            f"issue: ≥ {goal:g}{TIMES} the Go service (raw etcd is a stricter anchor)"
+            if goal
+            else "—"
+        )
+        met = True if ratio is not None and goal and ratio >= goal else None
     rows = [_row(f"{label} req/s", value, anchor_text, target, met=met)]
     errors = load["non_2xx"] + load["socket_errors"]
     rows.append(
         _row(
             f"{label} p50 / p99 · CPU per request",
             _latency_cpu(load, ("discoverd", "etcd")) + (f" ({errors} errors)" if errors else ""),
-            _latency_cpu(theirs, ("etcd-3.4",)) if base else "—",
+            (_latency_cpu(theirs, ("etcd-3.4",)) if base else "—")
+            + (f" · Go: {_latency_cpu(service, GO_PROCESSES)}" if go_rps else ""),
             "—",
             met=None if not errors else False,
         )
     )
     return rows
+
+
+def go_anchor_row(go: dict[str, Any]) -> dict[str, Any]:
+    """Whether the Go discovery service anchor ran, what it was, or why not."""
+    label = "v2 anchor: the Go discovery service"
+    if "skipped" in go:
+        return _row(label, go["skipped"], "—", "—", met=None)
+    if "error" in go:
+        return _row(label, f"failed: {go['error'][:100]}", "—", "—", met=False)
+    return _row(label, f"ran: {go['binary']}", go["server"], "—", met=None)
 
 
 def _anchor_missing(anchor: dict[str, Any], load: dict[str, Any]) -> str:

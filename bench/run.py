@@ -8,9 +8,11 @@ Phases, in this order (each one's failure is recorded and the next one still run
 runs only 8 and 9, `--skip-dns` all but them; `--certs-only` only 10 to 12, `--skip-certs` all
 but them; `--v3-only` only 13 to 15, `--skip-v3` all but them):
   1. seed      a size-3 token with 3 real v2 registrations, so reads return real data; the v2
-               anchor (etcd 3.4's v2 keys API, bench.v2anchor) started and seeded alike
+               anchor (etcd 3.4's v2 keys API, bench.v2anchor) started and seeded alike; with
+               --go-discovery PATH, the Go discovery service in front of it (bench.goanchor)
   2. reads     wrk on GET /<token>/_config/size and GET /<token> (after a 2 s warm-up), each
-               followed by the same load on the anchor's GET /v2/keys/<token>[/_config/size]
+               followed by the same load on the anchor's GET /v2/keys/<token>[/_config/size],
+               then on the Go service's GET /<token>[/_config/size] when it runs
   3. access    the access log's cost per request: the same read load alternated between this
                discoverd and a second one on the same etcd at --log-level warning
                (bench.accesslog)
@@ -19,7 +21,8 @@ but them; `--v3-only` only 13 to 15, `--skip-v3` all but them):
   6. drop      N long-polls again, every client gone at once: time until the server let go
   7. new       wrk on POST /new?size=3 (last: it fills the registry with tokens, which would
                inflate the RSS measured in phase 5), then on the anchor a create-only PUT of a
-               fresh key per request; the anchor is stopped
+               fresh key per request, then POST /new?size=3 on the Go service when it runs;
+               the anchors are stopped
   8. dns       dnsperf on discoverd's DNS responder: SRV (3 SRV + 3 A glue) and A of a fresh
                size-3 token, 3 runs of --duration each (bench.dnsload)
   9. dnsmasq   the same records and loads on dnsmasq, the anchor, started and stopped here
@@ -58,7 +61,19 @@ from typing import Any
 
 import aiohttp
 
-from bench import accesslog, client, dnsload, load, report, servers, signing, v2anchor, waits, wake
+from bench import (
+    accesslog,
+    client,
+    dnsload,
+    goanchor,
+    load,
+    report,
+    servers,
+    signing,
+    v2anchor,
+    waits,
+    wake,
+)
 from bench import v3 as v3mod
 from bench.loadspec import Load
 
@@ -98,6 +113,13 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="only the v3 discovery phases: bootstrap, watch streams, KV/Range vs a real etcd 3.7",
     )
+    top.add_argument(
+        goanchor.FLAG,
+        metavar="PATH",
+        dest="go_discovery",
+        help="also measure the v2 HTTP loads on this build of the Go discovery service "
+        f"(coreos/discovery.etcd.io) in front of the etcd 3.4 anchor (default: ${goanchor.ENV})",
+    )
     return top
 
 
@@ -114,9 +136,22 @@ def _plan(args: argparse.Namespace) -> tuple[bool, bool, bool, bool]:
     return http, dns, certs, v3
 
 
+def go_discovery(args: argparse.Namespace) -> Path | None:
+    """The Go discovery service's binary (the flag's, else $DISCOVERD_BENCH_GO_DISCOVERY's), or
+    None; a path given that cannot be run stops the bench before anything starts."""
+    path = goanchor.given(args.go_discovery, os.environ)
+    if path is None:
+        return None
+    why = goanchor.unusable(path)
+    if why is not None:
+        parser().error(why)
+    return Path(path).resolve()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     http, dns, certs, v3 = _plan(args)
+    go = go_discovery(args)
     duration = args.duration or (3.0 if args.quick else 10.0)
     iterations = args.iterations or (10 if args.quick else 20)
     soft, _ = servers.raise_nofile()  # before any child starts: they inherit it
@@ -158,6 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             }
             phases = _Phases(stack, Path(scratch), duration, iterations, count, results)
             phases.http, phases.dns, phases.certs, phases.v3 = http, dns, certs, v3
+            phases.go_binary = go
             with asyncio.Runner(loop_factory=_loop_factory()) as runner:
                 runner.run(phases.all())
         except (KeyboardInterrupt, asyncio.CancelledError):
@@ -208,6 +244,7 @@ class _Phases:
         self.v3 = True
         self.run_id = secrets.token_hex(4)  # the anchor's fresh keys are unique per run
         self.anchor_token = ""
+        self.go_binary: Path | None = None
 
     async def all(self) -> None:
         task = asyncio.current_task()
@@ -232,12 +269,15 @@ class _Phases:
         token = await self._seed()
         reads = {"get_size": f"/{token}/_config/size", "get_dir": f"/{token}"}
         anchor = await self._start_anchor(token)
+        go = await self._start_go_anchor(anchor, token)
         try:
             await self._throughput("warmup", reads["get_size"], "GET", WARMUP)
             await self._anchor_load(anchor, "get_size", WARMUP, "warmup")
+            await self._go_load(go, anchor, "get_size", WARMUP, "warmup")
             for name, path in reads.items():
                 await self._throughput(name, path, "GET")
                 await self._anchor_load(anchor, name)
+                await self._go_load(go, anchor, name)
             await self._phase(
                 "access_log",
                 "access-log cost: GET /<token>/_config/size on this discoverd (info) and on a "
@@ -249,7 +289,10 @@ class _Phases:
             await self._phase("disconnect", f"{self.count:,} waits dropped at once", self._drop)
             await self._throughput("new", "/new?size=3", "POST")
             await self._anchor_load(anchor, "new")
+            await self._go_load(go, anchor, "new")
         finally:
+            if go is not None:
+                await asyncio.to_thread(go.stop)
             if anchor is not None:
                 await asyncio.to_thread(anchor.stop)
 
@@ -288,6 +331,44 @@ class _Phases:
         if "path" in found:
             found["path"] = v2anchor.shown_path(name, found["path"])
         self.results["anchor_v2"]["throughput"][key or name] = found
+
+    async def _start_go_anchor(
+        self, anchor: v2anchor.EtcdV2 | None, token: str
+    ) -> goanchor.GoDiscovery | None:
+        """The Go discovery service in front of the etcd anchor, seeded for `token`; None when
+        it was not given or cannot run (why is in the results)."""
+        if self.go_binary is None or anchor is None:
+            why = goanchor.NOT_GIVEN if self.go_binary is None else goanchor.NO_ETCD
+            _say(f"Go discovery anchor {why}")
+            self.results["anchor_go"] = {"skipped": why}
+            return None
+        _say(f"starting the Go discovery anchor ({self.go_binary}) in front of etcd 3.4, seeded")
+        try:
+            go, info = await goanchor.start(
+                self.go_binary, self.scratch / "go-anchor", anchor.url, token
+            )
+        except Exception as exc:  # the other phases' results still count
+            _say(f"  failed: {type(exc).__name__}: {exc}")
+            self.results["anchor_go"] = {"error": f"{type(exc).__name__}: {exc}"}
+            return None
+        self.results["anchor_go"] = info | {"pid": go.pid, "throughput": {}}
+        return go
+
+    async def _go_load(
+        self,
+        go: goanchor.GoDiscovery | None,
+        anchor: v2anchor.EtcdV2 | None,
+        name: str,
+        duration: float = 0.0,
+        key: str = "",
+    ) -> None:
+        """The Go service's counterpart of discoverd's load `name`, stored under `key`."""
+        if go is None or anchor is None:
+            return
+        spec = goanchor.load(name, go.url, self.anchor_token, duration or self.duration)
+        pids = {"go-discovery": go.pid, "etcd-3.4": anchor.pid}
+        found = await self._measure(spec, key or name, pids)
+        self.results["anchor_go"]["throughput"][key or name] = found
 
     async def _dns(self) -> None:
         """discoverd's responder, then dnsmasq with the same records, under dnsperf."""

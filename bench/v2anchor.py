@@ -2,10 +2,11 @@
 
 The public discovery service (etcd-io/discoveryserver, discovery.etcd.io, etcd 3.4 behind it)
 serves each v2 discovery request by proxying it to etcd's v2 keys API. Its code is not built
-here; what it proxies to is: Debian's etcd 3.4 (`/usr/bin/etcd`, package etcd-server) on
-loopback with `--enable-v2`, otherwise at its defaults, seeded through its v2 HTTP API with what
-discoverd's reads serve (a token directory with `_config/size` = 3 and 3 member keys), under the
-same wrk load as discoverd:
+here (a build of the older coreos/discovery.etcd.io, given with --go-discovery, runs in front
+of this etcd: bench.goanchor); what it proxies to is: Debian's etcd 3.4 (`/usr/bin/etcd`,
+package etcd-server) on loopback with `--enable-v2`, otherwise at its defaults, seeded through
+its v2 HTTP API with what discoverd's reads serve (a token directory with `_config/size` = 3
+and 3 member keys), under the same wrk load as discoverd:
 
     get_size  GET /v2/keys/<token>/_config/size                 vs  GET /<token>/_config/size
     get_dir   GET /v2/keys/<token>                              vs  GET /<token>
