@@ -117,14 +117,17 @@ class JsonFormatter(logging.Formatter):
         """What `format` gives for `access.record(name)` created at `created`, without
         building the record or a dict."""
         method, path, status, duration_ms, remote, size = access
+        if type(duration_ms) is not float or not math.isfinite(duration_ms):
+            return self.format(access.record(name))  # not what the access logger makes
         return (
             f'{{"ts": "{self._timestamp(created)}", "level": "info", '
             f'"logger": {encode_basestring_ascii(name)}, '
             f'"msg": {encode_basestring_ascii(f"{method} {path} {status}")}, '
             f'"method": {encode_basestring_ascii(method)}, '
-            f'"path": {encode_basestring_ascii(path)}, '
-            f'"status": {_json_value(status)}, "duration_ms": {_json_value(duration_ms)}, '
-            f'"remote": {_json_value(remote)}, "bytes": {_json_value(size)}}}'
+            f'"path": {encode_basestring_ascii(path)}, "status": {status:d}, '
+            f'"duration_ms": {duration_ms!r}, '
+            f'"remote": {"null" if remote is None else encode_basestring_ascii(remote)}, '
+            f'"bytes": {"null" if size is None else f"{size:d}"}}}'
         )
 
 
