@@ -125,9 +125,11 @@ def random_serial() -> int:
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """A checked CSR, read once: its public key, that key's SHA-256 and the SANs it asks for."""
+    """A checked CSR, read once: its public key (and as DER SubjectPublicKeyInfo), that key's
+    SHA-256 and the SANs it asks for."""
 
     public_key: PublicKey
+    spki: bytes
     spki_sha256: str
     sans: Sans
 
@@ -135,7 +137,10 @@ class Request:
 def load_request(pem: str) -> Request:
     """`load_csr`, with what an enrollment needs from it worked out once."""
     csr, public = _load_csr(pem)
-    return Request(public, spki_sha256(public), csr_sans(csr))
+    spki = public.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return Request(public, spki, hashlib.sha256(spki).hexdigest(), csr_sans(csr))
 
 
 def load_csr(pem: str) -> x509.CertificateSigningRequest:
@@ -260,7 +265,7 @@ def pem(item: x509.Certificate | x509.CertificateRevocationList) -> str:
     return item.public_bytes(serialization.Encoding.PEM).decode()
 
 
-def der(item: x509.CertificateRevocationList) -> bytes:
+def der(item: x509.Certificate | x509.CertificateRevocationList) -> bytes:
     return item.public_bytes(serialization.Encoding.DER)
 
 
