@@ -28,6 +28,7 @@ PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519Public
 BACKDATE = dt.timedelta(minutes=5)
 CA_LIFETIME = dt.timedelta(days=3650)
 MAX_CSR_BYTES = 16 * 1024
+IP_TYPES = (ipaddress.IPv4Address, ipaddress.IPv6Address)  # a SAN names addresses, not networks
 
 
 class Profile(Enum):
@@ -179,11 +180,16 @@ def csr_sans(csr: x509.CertificateSigningRequest) -> Sans:
         ext = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         return Sans()
-    dns = tuple(ext.get_values_for_type(x509.DNSName))
-    ips = tuple(ext.get_values_for_type(x509.IPAddress))
-    if len(dns) + len(ips) != len(list(ext)):
-        raise Invalid("only DNS and IP SANs are accepted (no email, URI or other names)")
-    return Sans(dns, ips)  # type: ignore[arg-type]
+    dns: list[str] = []
+    ips: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
+    for name in ext:
+        if isinstance(name, x509.DNSName):
+            dns.append(name.value)
+        elif isinstance(name, x509.IPAddress) and isinstance(name.value, IP_TYPES):
+            ips.append(name.value)
+        else:
+            raise Invalid("only DNS and IP SANs are accepted (no email, URI or other names)")
+    return Sans(tuple(dns), tuple(ips))
 
 
 def issue(
