@@ -11,7 +11,10 @@ revokes the certificate it replaces. A key an operator revoked is refused for en
 renewal. Enrollments are checked against an index of the cluster's inventory
 (`certs.inventory`) and recorded by group commit (`certs.enrolling`). A CRL is signed again
 when a revocation changes it and when it is CRL_REFRESH old, by `clock`, so the CRL served is
-never near its nextUpdate. Nothing here logs a key, a CSR or a token.
+never near its nextUpdate. A replica opens each CA key once and keeps it in memory only, with
+the DER its leaves share (`certs.leaf`), for as long as etcd holds the same certificate and
+sealed key (a CA replaced or re-sealed in etcd is opened again). Nothing here logs a key, a
+CSR or a token.
 """
 
 from __future__ import annotations
