@@ -11,13 +11,17 @@ revokes the certificate it replaces. A key an operator revoked is refused for en
 renewal. Enrollments are checked against an index of the cluster's inventory
 (`certs.inventory`) and recorded by group commit (`certs.enrolling`). A CRL is signed again
 when a revocation changes it and when it is CRL_REFRESH old, by `clock`, so the CRL served is
-never near its nextUpdate. Nothing here logs a key, a CSR or a token.
+never near its nextUpdate. A replica opens each CA key once and keeps it in memory only, with
+the DER its leaves share (`certs.leaf`), for as long as etcd holds the same certificate and
+sealed key (a CA replaced or re-sealed in etcd is opened again). Nothing here logs a key, a
+CSR or a token.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import datetime as dt
 import hashlib
 import ipaddress
@@ -28,8 +32,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography import x509 as cx509
+from cryptography.hazmat.primitives.asymmetric import rsa
 
-from discoverd.certs import policy, x509
+from discoverd.certs import leaf, policy, x509
 from discoverd.certs.enrolling import EnrollmentBatcher
 from discoverd.certs.inventory import Index, Inventories
 from discoverd.certs.x509 import Profile
@@ -52,10 +57,15 @@ CRL_REFRESH = CRL_LIFETIME / 2
 
 @dataclass(frozen=True, slots=True)
 class _Ca:
+    """A cluster's CA opened once: valid while the stored record's certificate and sealed key
+    are `pem` and `sealed` (a CA replaced in etcd is opened again)."""
+
     key: x509.PrivateKey
     pem: str
+    sealed: str
     cert: cx509.Certificate
     key_identifier: cx509.AuthorityKeyIdentifier  # worked out once: every leaf carries it
+    template: leaf.Template | None  # the DER every leaf shares (None: not an ECDSA key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +124,10 @@ class Authority:
             async with self._ca_lock:
                 record = cluster.ca or await self._create_ca(cluster)
         cached = self._cas.get(cluster.token)
-        if cached is not None and cached.pem == record.certificate:
+        if cached is not None and (cached.pem, cached.sealed) == (
+            record.certificate,
+            record.sealed_key,
+        ):
             return cached
         if record.key_id != self.key_id:
             raise Unavailable(
@@ -122,14 +135,25 @@ class Authority:
                 "must share one --service-key-file"
             )
         try:
-            blob = base64.b64decode(record.sealed_key)
+            blob = base64.b64decode(record.sealed_key, validate=True)
+        except binascii.Error:
+            raise Unavailable("cannot open the CA key: its stored form is damaged") from None
+        try:
             key = await asyncio.to_thread(x509.unseal, blob, self._service_key, cluster.token)
         except x509.SealError as exc:
             raise Unavailable(str(exc)) from exc
-        return self._remember(cluster.token, key, record.certificate)
+        return self._remember(cluster.token, key, record)
 
-    def _remember(self, token: str, key: x509.PrivateKey, pem: str) -> _Ca:
-        entry = self._cas[token] = _Ca(key, pem, x509.load_cert(pem), x509.key_identifier(key))
+    def _remember(self, token: str, key: x509.PrivateKey, record: CaRecord) -> _Ca:
+        cert = x509.load_cert(record.certificate)
+        entry = self._cas[token] = _Ca(
+            key,
+            record.certificate,
+            record.sealed_key,
+            cert,
+            x509.key_identifier(key),
+            leaf.template(key, cert),
+        )
         while len(self._cas) > KEY_CACHE:
             self._cas.popitem(last=False)
         return entry
@@ -151,7 +175,7 @@ class Authority:
             raise NotFound("the discovery token has expired", cause=f"/{cluster.token}") from exc
         await self._discovery.settle(revision)
         if stored is record:
-            self._remember(cluster.token, key, record.certificate)
+            self._remember(cluster.token, key, record)
             logger.info("created a cluster CA", extra={"ca_sha256": x509.fingerprint(cert)})
         return stored
 
@@ -233,27 +257,38 @@ class Authority:
         self, cluster: Cluster, request: x509.Request, name: str, sans: x509.Sans, profile: Profile
     ) -> Issued:
         ca = await self._ca(cluster)
-        cert = x509.issue(
-            ca.key,
-            ca.cert,
-            public_key=request.public_key,
-            common_name=name,
-            sans=sans,
-            profile=profile,
-            lifetime=self._lifetime,
-            authority_key_id=ca.key_identifier,
-        )
+        if ca.template is not None:
+            cert = ca.template.issue(
+                spki=request.spki,
+                common_name=name,
+                sans=sans,
+                profile=profile,
+                lifetime=self._lifetime,
+                rsa_key=isinstance(request.public_key, rsa.RSAPublicKey),
+            )
+        else:
+            built = x509.issue(
+                ca.key,
+                ca.cert,
+                public_key=request.public_key,
+                common_name=name,
+                sans=sans,
+                profile=profile,
+                lifetime=self._lifetime,
+                authority_key_id=ca.key_identifier,
+            )
+            cert = leaf.Leaf(x509.der(built), built.serial_number, built.not_valid_after_utc)
         record = CertRecord(
-            serial=format(cert.serial_number, "x"),
+            serial=format(cert.serial, "x"),
             name=name,
             profile=profile.value,
             sans=tuple(sans.as_strings()),
-            not_after=cert.not_valid_after_utc.timestamp(),
-            fingerprint=x509.fingerprint(cert),
+            not_after=cert.not_after.timestamp(),
+            fingerprint=cert.fingerprint(),
             issued_at=time.time(),
             spki_sha256=request.spki_sha256,
         )
-        return Issued(x509.pem(cert), ca.pem, record)
+        return Issued(cert.pem(), ca.pem, record)
 
     # -- revocation ----------------------------------------------------------------------------
 

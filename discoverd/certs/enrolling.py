@@ -154,11 +154,18 @@ class EnrollmentBatcher:
         """Where the records of each cluster go; a cluster that cannot be placed fails its
         entries in `results` (and only those)."""
         unique = list(dict.fromkeys(tokens))
+        places: dict[str, Place] = {}
+        registry = self._directory.registry
+        for token in unique if registry.synced else ():  # held by its CA in this replica's
+            cluster = None if token in moved else registry.cluster(token)  # view: no task
+            if cluster is not None and cluster.config.held_by_ca:
+                places[token] = cluster.lease
+        unique = [token for token in unique if token not in places]
         found = await asyncio.gather(
             *(self._place(token, token in moved) for token in unique), return_exceptions=True
         )
         pairs = list(zip(unique, found, strict=True))
-        places = {t: p for t, p in pairs if not isinstance(p, BaseException)}
+        places.update((t, p) for t, p in pairs if not isinstance(p, BaseException))
         for token, place in pairs:
             if isinstance(place, DiscoverdError):
                 for i, entry in enumerate(entries):

@@ -28,6 +28,7 @@ PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519Public
 BACKDATE = dt.timedelta(minutes=5)
 CA_LIFETIME = dt.timedelta(days=3650)
 MAX_CSR_BYTES = 16 * 1024
+IP_TYPES = (ipaddress.IPv4Address, ipaddress.IPv6Address)  # a SAN names addresses, not networks
 
 
 class Profile(Enum):
@@ -125,9 +126,11 @@ def random_serial() -> int:
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """A checked CSR, read once: its public key, that key's SHA-256 and the SANs it asks for."""
+    """A checked CSR, read once: its public key (and as DER SubjectPublicKeyInfo), that key's
+    SHA-256 and the SANs it asks for."""
 
     public_key: PublicKey
+    spki: bytes
     spki_sha256: str
     sans: Sans
 
@@ -135,7 +138,10 @@ class Request:
 def load_request(pem: str) -> Request:
     """`load_csr`, with what an enrollment needs from it worked out once."""
     csr, public = _load_csr(pem)
-    return Request(public, spki_sha256(public), csr_sans(csr))
+    spki = public.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return Request(public, spki, hashlib.sha256(spki).hexdigest(), csr_sans(csr))
 
 
 def load_csr(pem: str) -> x509.CertificateSigningRequest:
@@ -174,11 +180,16 @@ def csr_sans(csr: x509.CertificateSigningRequest) -> Sans:
         ext = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         return Sans()
-    dns = tuple(ext.get_values_for_type(x509.DNSName))
-    ips = tuple(ext.get_values_for_type(x509.IPAddress))
-    if len(dns) + len(ips) != len(list(ext)):
-        raise Invalid("only DNS and IP SANs are accepted (no email, URI or other names)")
-    return Sans(dns, ips)  # type: ignore[arg-type]
+    dns: list[str] = []
+    ips: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
+    for name in ext:
+        if isinstance(name, x509.DNSName):
+            dns.append(name.value)
+        elif isinstance(name, x509.IPAddress) and isinstance(name.value, IP_TYPES):
+            ips.append(name.value)
+        else:
+            raise Invalid("only DNS and IP SANs are accepted (no email, URI or other names)")
+    return Sans(tuple(dns), tuple(ips))
 
 
 def issue(
@@ -260,7 +271,7 @@ def pem(item: x509.Certificate | x509.CertificateRevocationList) -> str:
     return item.public_bytes(serialization.Encoding.PEM).decode()
 
 
-def der(item: x509.CertificateRevocationList) -> bytes:
+def der(item: x509.Certificate | x509.CertificateRevocationList) -> bytes:
     return item.public_bytes(serialization.Encoding.DER)
 
 
