@@ -11,9 +11,9 @@ revokes the certificate it replaces. A key an operator revoked is refused for en
 renewal. Enrollments are checked against an index of the cluster's inventory
 (`certs.inventory`) and recorded by group commit (`certs.enrolling`). A CRL is signed again
 when a revocation changes it and when it is CRL_REFRESH old, by `clock`, so the CRL served is
-never near its nextUpdate. A replica opens each CA key once and keeps it in memory only, with
-the DER its leaves share (`certs.leaf`), for as long as etcd holds the same certificate and
-sealed key (a CA replaced or re-sealed in etcd is opened again). Nothing here logs a key, a
+never near its nextUpdate. A replica opens each CA key once and keeps it in memory only, for
+as long as etcd holds the same certificate and sealed key (a CA replaced or re-sealed in etcd
+is opened again). Nothing here logs a key, a
 CSR or a token.
 """
 
@@ -32,12 +32,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography import x509 as cx509
-from cryptography.hazmat.primitives.asymmetric import rsa
 
-from discoverd.certs import leaf, policy, x509
+from discoverd.certs import pki, policy
 from discoverd.certs.enrolling import EnrollmentBatcher
 from discoverd.certs.inventory import Index, Inventories
-from discoverd.certs.x509 import Profile
+from discoverd.certs.pki import Profile
 from discoverd.directory import rules
 from discoverd.directory.service import Directory
 from discoverd.errors import Conflict, Forbidden, Invalid, NotFound, Unavailable
@@ -60,12 +59,11 @@ class _Ca:
     """A cluster's CA opened once: valid while the stored record's certificate and sealed key
     are `pem` and `sealed` (a CA replaced in etcd is opened again)."""
 
-    key: x509.PrivateKey
+    key: pki.PrivateKey
     pem: str
     sealed: str
     cert: cx509.Certificate
     key_identifier: cx509.AuthorityKeyIdentifier  # worked out once: every leaf carries it
-    template: leaf.Template | None  # the DER every leaf shares (None: not an ECDSA key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,20 +137,19 @@ class Authority:
         except binascii.Error:
             raise Unavailable("cannot open the CA key: its stored form is damaged") from None
         try:
-            key = await asyncio.to_thread(x509.unseal, blob, self._service_key, cluster.token)
-        except x509.SealError as exc:
+            key = await asyncio.to_thread(pki.unseal, blob, self._service_key, cluster.token)
+        except pki.SealError as exc:
             raise Unavailable(str(exc)) from exc
         return self._remember(cluster.token, key, record)
 
-    def _remember(self, token: str, key: x509.PrivateKey, record: CaRecord) -> _Ca:
-        cert = x509.load_cert(record.certificate)
+    def _remember(self, token: str, key: pki.PrivateKey, record: CaRecord) -> _Ca:
+        cert = pki.load_cert(record.certificate)
         entry = self._cas[token] = _Ca(
             key,
             record.certificate,
             record.sealed_key,
             cert,
-            x509.key_identifier(key),
-            leaf.template(key, cert),
+            pki.key_identifier(key),
         )
         while len(self._cas) > KEY_CACHE:
             self._cas.popitem(last=False)
@@ -162,10 +159,10 @@ class Authority:
         # The token is a secret and CA certificates are shown to anyone who connects to a
         # member, so the subject names the cluster by its label, never the token.
         label = cluster.config.name or rules.cluster_label(cluster.token)
-        key, cert = await asyncio.to_thread(x509.new_ca, f"discoverd etcd CA {label}")
-        sealed = x509.seal(key, self._service_key, cluster.token)
+        key, cert = await asyncio.to_thread(pki.new_ca, f"discoverd etcd CA {label}")
+        sealed = pki.seal(key, self._service_key, cluster.token)
         record = CaRecord(
-            certificate=x509.pem(cert),
+            certificate=pki.pem(cert),
             sealed_key=base64.b64encode(sealed).decode(),
             key_id=self.key_id,
         )
@@ -176,14 +173,14 @@ class Authority:
         await self._discovery.settle(revision)
         if stored is record:
             self._remember(cluster.token, key, record)
-            logger.info("created a cluster CA", extra={"ca_sha256": x509.fingerprint(cert)})
+            logger.info("created a cluster CA", extra={"ca_sha256": pki.fingerprint(cert)})
         return stored
 
     # -- issuing -------------------------------------------------------------------------------
 
     async def enroll(self, token: str, name: str, csr_pem: str, profile_name: str) -> Issued:
         profile = _profile(profile_name)
-        request = x509.load_request(csr_pem)
+        request = pki.load_request(csr_pem)
         cluster = await self._discovery.bootstrap_cluster(token)
         name = policy.subject_name(profile, name, allow_root=cluster.config.allow_root)
         inventory = self._inventories.of(cluster)
@@ -223,11 +220,11 @@ class Authority:
     async def renew(self, token: str, cert_pem: str, csr_pem: str) -> Issued:
         cluster = await self._discovery.cluster(token)
         ca = await self._ca(cluster)
-        current = x509.load_cert(cert_pem)
-        if not x509.issued_by(current, ca.cert):
+        current = pki.load_cert(cert_pem)
+        if not pki.issued_by(current, ca.cert):
             raise Forbidden("this certificate was not issued by this cluster's CA")
-        request = x509.load_request(csr_pem)
-        key_id = x509.spki_sha256(current.public_key())
+        request = pki.load_request(csr_pem)
+        key_id = pki.spki_sha256(current.public_key())
         if request.spki_sha256 != key_id:
             raise Forbidden("the csr must be signed with the key of the certificate to renew")
         record = cluster.cert(format(current.serial_number, "x"))
@@ -242,7 +239,7 @@ class Authority:
         if record.not_after < time.time():
             raise Forbidden("this certificate has expired; an operator must re-issue it")
         profile = Profile(record.profile)
-        sans = policy.relabel(x509.cert_sans(current), token, rules.cluster_label(token))
+        sans = policy.relabel(pki.cert_sans(current), token, rules.cluster_label(token))
         issued = await self._issue(cluster, request, record.name, sans, profile)
         old = record.model_copy(
             update={"revoked_at": time.time(), "superseded_by": issued.record.serial}
@@ -254,41 +251,30 @@ class Authority:
         return issued
 
     async def _issue(
-        self, cluster: Cluster, request: x509.Request, name: str, sans: x509.Sans, profile: Profile
+        self, cluster: Cluster, request: pki.Request, name: str, sans: pki.Sans, profile: Profile
     ) -> Issued:
         ca = await self._ca(cluster)
-        if ca.template is not None:
-            cert = ca.template.issue(
-                spki=request.spki,
-                common_name=name,
-                sans=sans,
-                profile=profile,
-                lifetime=self._lifetime,
-                rsa_key=isinstance(request.public_key, rsa.RSAPublicKey),
-            )
-        else:
-            built = x509.issue(
-                ca.key,
-                ca.cert,
-                public_key=request.public_key,
-                common_name=name,
-                sans=sans,
-                profile=profile,
-                lifetime=self._lifetime,
-                authority_key_id=ca.key_identifier,
-            )
-            cert = leaf.Leaf(x509.der(built), built.serial_number, built.not_valid_after_utc)
+        cert = pki.issue(
+            ca.key,
+            ca.cert,
+            public_key=request.public_key,
+            common_name=name,
+            sans=sans,
+            profile=profile,
+            lifetime=self._lifetime,
+            authority_key_id=ca.key_identifier,
+        )
         record = CertRecord(
-            serial=format(cert.serial, "x"),
+            serial=format(cert.serial_number, "x"),
             name=name,
             profile=profile.value,
             sans=tuple(sans.as_strings()),
-            not_after=cert.not_after.timestamp(),
-            fingerprint=cert.fingerprint(),
+            not_after=cert.not_valid_after_utc.timestamp(),
+            fingerprint=pki.fingerprint(cert),
             issued_at=time.time(),
             spki_sha256=request.spki_sha256,
         )
-        return Issued(cert.pem(), ca.pem, record)
+        return Issued(pki.pem(cert), ca.pem, record)
 
     # -- revocation ----------------------------------------------------------------------------
 
@@ -303,10 +289,10 @@ class Authority:
         return record
 
     async def crl_pem(self, token: str) -> str:
-        return x509.pem(await self._crl(token))
+        return pki.pem(await self._crl(token))
 
     async def crl_der(self, token: str) -> bytes:
-        return x509.der(await self._crl(token))
+        return pki.der(await self._crl(token))
 
     async def _crl(self, token: str) -> cx509.CertificateRevocationList:
         """The cluster's CRL, signed again when a revocation changed it or when it is
@@ -331,7 +317,7 @@ class Authority:
         # signed by a version that counted revocation seconds, a smaller one).
         number = max(int(now * 1000), cached.number + 1 if cached is not None else 0)
         at = dt.datetime.fromtimestamp(now, dt.UTC)
-        crl = x509.crl(ca.key, ca.cert, entries, number, CRL_LIFETIME, at=at,
+        crl = pki.crl(ca.key, ca.cert, entries, number, CRL_LIFETIME, at=at,
                        authority_key_id=ca.key_identifier)  # fmt: skip
         self._crls[token] = _Crl(serials, now, number, crl)
         self._crls.move_to_end(token)
@@ -347,7 +333,7 @@ class Authority:
         return policy.SanPolicy(tuple(domains), cluster.config.dns_suffixes, cidrs)
 
 
-def _taken(inventory: Index, wanted: x509.Sans) -> dict[policy.IPAddress, str]:
+def _taken(inventory: Index, wanted: pki.Sans) -> dict[policy.IPAddress, str]:
     """Which member's live certificate holds each IP SAN in `wanted` (loopback aside: every
     member has it)."""
     taken: dict[policy.IPAddress, str] = {}

@@ -12,8 +12,8 @@ import datetime as dt
 import sys
 from pathlib import Path
 
-from discoverd.certs import admin, lint, offline, x509
-from discoverd.certs.x509 import Profile
+from discoverd.certs import admin, lint, offline, pki
+from discoverd.certs.pki import Profile
 from discoverd.config import Settings
 from discoverd.errors import DiscoverdError
 from discoverd.store.access import EtcdAccess
@@ -32,8 +32,8 @@ def ca_init(directory: Path, common_name: str) -> int:
         return _fail("ca init", exc.message)
     except OSError as exc:
         return _fail("ca init", f"{directory}: {exc.strerror}")
-    cert = x509.load_cert(path.read_text())
-    print(f"wrote {path} and {directory / 'ca-key.pem'} (0600); sha256 {x509.fingerprint(cert)}")
+    cert = pki.load_cert(path.read_text())
+    print(f"wrote {path} and {directory / 'ca-key.pem'} (0600); sha256 {pki.fingerprint(cert)}")
     return 0
 
 
@@ -61,8 +61,8 @@ def cert_issue(
 
 def cert_inspect(path: Path, ca_path: Path | None, profile: str | None) -> int:
     try:
-        cert = x509.load_cert(path.read_text())
-        ca = x509.load_cert(ca_path.read_text()) if ca_path else None
+        cert = pki.load_cert(path.read_text())
+        ca = pki.load_cert(ca_path.read_text()) if ca_path else None
     except DiscoverdError as exc:
         return _fail("cert inspect", exc.message)
     except OSError as exc:

@@ -16,7 +16,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Sequence
 
-from discoverd.certs import x509
+from discoverd.certs import pki
 from discoverd.directory.service import Directory
 from discoverd.errors import DiscoverdError, NotFound, Unavailable
 from discoverd.models import Cluster
@@ -186,7 +186,7 @@ class EnrollmentBatcher:
             cluster = await self._directory.fresh_cluster(token)
             if cluster.ca is None:
                 raise Unavailable("the cluster's CA is not readable yet; retry")
-        lease = await self._store.grant_lease(int(x509.CA_LIFETIME.total_seconds()))
+        lease = await self._store.grant_lease(int(pki.CA_LIFETIME.total_seconds()))
         return Hold(cluster.config, cluster.ca, cluster.lease, lease)
 
     async def _give_back(self, places: dict[str, Place], holding: set[str]) -> None:

@@ -16,7 +16,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from discoverd.certs.x509 import Profile
+from discoverd.certs.pki import Profile
 from discoverd.models import CertRecord, Cluster
 
 CACHE = 1024  # clusters indexed at once

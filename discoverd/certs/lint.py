@@ -15,7 +15,7 @@ from cryptography import x509 as cx509
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from discoverd.certs import x509
+from discoverd.certs import pki
 
 SOON = dt.timedelta(days=14)
 
@@ -30,7 +30,7 @@ def inspect(
     cert: cx509.Certificate, profile: str | None, ca: cx509.Certificate | None
 ) -> list[Finding]:
     findings: list[Finding] = []
-    now = x509.now()
+    now = pki.now()
     if now < cert.not_valid_before_utc:
         findings.append(
             Finding("error", f"not valid until {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC")
@@ -102,7 +102,7 @@ def _chain(cert: cx509.Certificate, ca: cx509.Certificate | None) -> list[Findin
         return []
     if cert.issuer != ca.subject:
         return [Finding("error", "not issued by this CA (the issuer name differs)")]
-    if not x509.issued_by(cert, ca):
+    if not pki.issued_by(cert, ca):
         return [
             Finding(
                 "error",
@@ -142,7 +142,7 @@ def describe(cert: cx509.Certificate) -> list[str]:
         f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC",
         f"usages:    {', '.join(usages) or 'none'}",
         f"SANs:      {', '.join(sans) or 'none'}",
-        f"sha256:    {x509.fingerprint(cert)}",
+        f"sha256:    {pki.fingerprint(cert)}",
     ]
 
 

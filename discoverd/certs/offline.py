@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from discoverd.certs import policy, x509
-from discoverd.certs.x509 import Profile, Sans
+from discoverd.certs import pki, policy
+from discoverd.certs.pki import Profile, Sans
 from discoverd.errors import Invalid
 from discoverd.join import write_private, write_public
 
@@ -56,9 +56,9 @@ def ca_init(directory: Path, common_name: str = "discoverd etcd CA") -> Path:
     cert_path, key_path = directory / "ca.pem", directory / "ca-key.pem"
     if cert_path.exists() or key_path.exists():
         raise Invalid(f"{directory} already holds a CA (ca.pem / ca-key.pem): not overwriting it")
-    key, cert = x509.new_ca(common_name)
-    write_private(key_path, x509.key_pem(key))
-    write_public(cert_path, x509.pem(cert))
+    key, cert = pki.new_ca(common_name)
+    write_private(key_path, pki.key_pem(key))
+    write_public(cert_path, pki.pem(cert))
     return cert_path
 
 
@@ -81,9 +81,9 @@ def cert_issue(
     bare: str,
     lifetime: dt.timedelta,
 ) -> Path:
-    ca_key = x509.load_key((ca_dir / "ca-key.pem").read_text())
-    ca_cert = x509.load_cert((ca_dir / "ca.pem").read_text())
-    key = x509.new_key(request.key.algo, request.key.size)
+    ca_key = pki.load_key((ca_dir / "ca-key.pem").read_text())
+    ca_cert = pki.load_cert((ca_dir / "ca.pem").read_text())
+    key = pki.new_key(request.key.algo, request.key.size)
     sans = _hosts(request.hosts)
     if profile is Profile.CLIENT:
         sans = Sans()
@@ -101,7 +101,7 @@ def cert_issue(
     if sans.dns or sans.ips:
         csr = csr.add_extension(sans.extension(), critical=False)
     signed_csr = csr.sign(key, None if request.key.algo == "ed25519" else hashes.SHA256())
-    cert = x509.issue(
+    cert = pki.issue(
         ca_key,
         ca_cert,
         public_key=key.public_key(),
@@ -112,12 +112,12 @@ def cert_issue(
         subject=cx509.Name(subject),
     )
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_private(out_dir / f"{bare}-key.pem", x509.key_pem(key))
+    write_private(out_dir / f"{bare}-key.pem", pki.key_pem(key))
     write_public(
         out_dir / f"{bare}.csr", signed_csr.public_bytes(serialization.Encoding.PEM).decode()
     )
     cert_path = out_dir / f"{bare}.pem"
-    write_public(cert_path, x509.pem(cert))
+    write_public(cert_path, pki.pem(cert))
     return cert_path
 
 

@@ -21,7 +21,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from discoverd.certs.x509 import Profile, Sans
+from discoverd.certs.pki import Profile, Sans
 from discoverd.errors import Conflict, Forbidden, Invalid
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

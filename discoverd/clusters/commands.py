@@ -28,7 +28,7 @@ from rich.progress import Progress as Bars
 from rich.table import Table
 
 from discoverd.api_client import ApiClient, ApiError, split_url
-from discoverd.certs import x509
+from discoverd.certs import pki
 from discoverd.clusters import health
 from discoverd.clusters.health import State
 from discoverd.clusters.progress import DISCOVERY, Progress, judge, needs_health
@@ -175,7 +175,7 @@ class _Observer:
             return
         ca_pem = self.client.get_text(f"/api/v1/clusters/{self.token}/ca.pem")
         try:
-            sent = x509.fingerprint(x509.load_cert(ca_pem))
+            sent = pki.fingerprint(pki.load_cert(ca_pem))
         except DiscoverdError as exc:
             raise ApiError(f"the cluster CA the server sent is not a certificate: {exc}") from None
         if sent != pinned:

@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from discoverd import jsonbody
-from discoverd.certs import x509
+from discoverd.certs import pki
 from discoverd.directory import rules
 from discoverd.directory.service import Directory, registration_cap
 from discoverd.dns import names
@@ -182,7 +182,7 @@ def _v3_flags(token: str, endpoints: tuple[str, ...], tls: bool) -> str:
 def _ca_fingerprint(cluster: Cluster) -> str | None:
     if cluster.ca is None:
         return None
-    return x509.fingerprint(x509.load_cert(cluster.ca.certificate))
+    return pki.fingerprint(pki.load_cert(cluster.ca.certificate))
 
 
 def _srv_names(members: Any, domains: list[str], suffix: str | None) -> set[str]:

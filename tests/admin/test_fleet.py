@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from discoverd.admin import fleet
-from discoverd.certs import x509
+from discoverd.certs import pki
 from discoverd.errors import Invalid
 from discoverd.logs import fingerprint
 from discoverd.models import CaRecord, CertRecord, Cluster, ClusterConfig
@@ -85,8 +85,8 @@ def test_bootstrap_window(until, is_open):
 
 
 def test_ca_expiry_and_the_earliest_live_certificate():
-    _, ca_cert = x509.new_ca("test CA")
-    record = CaRecord(certificate=x509.pem(ca_cert), sealed_key="", key_id="")
+    _, ca_cert = pki.new_ca("test CA")
+    record = CaRecord(certificate=pki.pem(ca_cert), sealed_key="", key_id="")
     certs = (
         cert("01", NOW - DAY),  # expired
         cert("02", NOW + 2 * DAY, revoked=True),  # revoked: not the next expiry

@@ -1,4 +1,4 @@
-"""The opened CA keys each replica keeps in memory (with their leaf templates), on a real etcd:
+"""The opened CA keys each replica keeps in memory on a real etcd:
 a CA replaced in etcd is what the next enrollment signs with, a sealed key that changed is
 opened again (so one that no longer opens is refused, not served from memory), and neither the
 key nor the sealed key is ever in a response."""
@@ -10,7 +10,7 @@ import base64
 import pytest
 
 from discoverd import appkeys
-from discoverd.certs import x509
+from discoverd.certs import pki
 from discoverd.models import CaRecord
 from discoverd.store import keys
 from discoverd.store.enrollment import put
@@ -36,8 +36,8 @@ async def stored_ca(client, token: str) -> CaRecord:
     return CaRecord.model_validate_json(kv.value)
 
 
-def sealed(key: x509.PrivateKey, service_key: bytes, token: str) -> str:
-    return base64.b64encode(x509.seal(key, service_key, token)).decode()
+def sealed(key: pki.PrivateKey, service_key: bytes, token: str) -> str:
+    return base64.b64encode(pki.seal(key, service_key, token)).decode()
 
 
 async def test_a_replaced_ca_signs_the_next_enrollment(client, tmp_path):
@@ -46,19 +46,19 @@ async def test_a_replaced_ca_signs_the_next_enrollment(client, tmp_path):
     assert first.status == 200, await first.text()
     old_ca = (await first.json())["ca"]
     service_key = client.server.app[appkeys.AUTHORITY]._service_key
-    key, cert = x509.new_ca("replacement CA")
+    key, cert = pki.new_ca("replacement CA")
     current = await stored_ca(client, token)
     await replace_ca(client, token, current.model_copy(update={
-        "certificate": x509.pem(cert), "sealed_key": sealed(key, service_key, token)}))  # fmt: skip
+        "certificate": pki.pem(cert), "sealed_key": sealed(key, service_key, token)}))  # fmt: skip
 
     second = await enroll(client, token, "infra1", csr(tmp_path, "infra1"))
     assert second.status == 200, await second.text()
     body = await second.json()
-    assert body["ca"] == x509.pem(cert) != old_ca
+    assert body["ca"] == pki.pem(cert) != old_ca
     assert verify(tmp_path, body["ca"], body["certificate"]).strip().endswith("OK")
     assert "OK" not in verify(tmp_path, old_ca, body["certificate"])
     served = await client.get(f"/api/v1/clusters/{token}/ca.pem")
-    assert await served.text() == x509.pem(cert)
+    assert await served.text() == pki.pem(cert)
 
 
 @pytest.mark.parametrize(
@@ -75,7 +75,7 @@ async def test_a_changed_sealed_key_is_opened_again(client, tmp_path, change, st
     assert (await enroll(client, token, "infra0", csr(tmp_path, "infra0"))).status == 200
     authority = client.server.app[appkeys.AUTHORITY]
     current = await stored_ca(client, token)
-    key = x509.unseal(base64.b64decode(current.sealed_key), authority._service_key, token)
+    key = pki.unseal(base64.b64decode(current.sealed_key), authority._service_key, token)
     blob = {
         "resealed": sealed(key, authority._service_key, token),  # same key, new nonce
         "sealed-for-another-token": sealed(key, authority._service_key, "0" * 32),

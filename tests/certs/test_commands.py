@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from discoverd.app import build_app
-from discoverd.certs import x509
+from discoverd.certs import pki
 from discoverd.cli import main
 from discoverd.config import Settings
 from tests.certs.test_handlers import csr, enroll
@@ -88,11 +88,11 @@ def test_issue_refuses_bad_requests(tmp_path, capsys, request_json, message):
 def leaf(ca, *, usages, sans=None, days=90, start_days=0):
     ca_key, ca_cert = ca
     key = ec.generate_private_key(ec.SECP256R1())
-    start = x509.now() - dt.timedelta(days=start_days)
+    start = pki.now() - dt.timedelta(days=start_days)
     builder = (
         cx509.CertificateBuilder()
         .subject_name(cx509.Name([cx509.NameAttribute(NameOID.COMMON_NAME, "infra0")]))
-        .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(x509.random_serial())
+        .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(pki.random_serial())
         .not_valid_before(start).not_valid_after(start + dt.timedelta(days=days))
         .add_extension(cx509.ExtendedKeyUsage(usages), critical=False)
     )  # fmt: skip
@@ -128,16 +128,16 @@ LOOPBACK = [cx509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
             "expires soon",
         ),
         (
-            lambda ca: leaf(x509.new_ca("other"), usages=BOTH, sans=LOOPBACK),
+            lambda ca: leaf(pki.new_ca("other"), usages=BOTH, sans=LOOPBACK),
             1,
             "not issued by this CA",
         ),
     ],
 )
 def test_inspect_says_what_is_wrong(tmp_path, capsys, make, exit_code, finding):
-    ca = x509.new_ca("test CA")
-    (tmp_path / "ca.pem").write_text(x509.pem(ca[1]))
-    (tmp_path / "leaf.pem").write_text(x509.pem(make(ca)))
+    ca = pki.new_ca("test CA")
+    (tmp_path / "ca.pem").write_text(pki.pem(ca[1]))
+    (tmp_path / "leaf.pem").write_text(pki.pem(make(ca)))
     assert (
         main(["cert", "inspect", str(tmp_path / "leaf.pem"), "--ca", str(tmp_path / "ca.pem")])
         == exit_code
@@ -162,8 +162,8 @@ SAN_SETS = {
 
 @pytest.mark.parametrize("sans", list(SAN_SETS.values()), ids=list(SAN_SETS))
 def test_inspect_prints_sans_as_openssl_does(tmp_path, capsys, sans):
-    ca = x509.new_ca("test CA")
-    (tmp_path / "leaf.pem").write_text(x509.pem(leaf(ca, usages=BOTH, sans=sans)))
+    ca = pki.new_ca("test CA")
+    (tmp_path / "leaf.pem").write_text(pki.pem(leaf(ca, usages=BOTH, sans=sans)))
     main(["cert", "inspect", str(tmp_path / "leaf.pem")])
     [line] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("SANs:")]
     shown = openssl("x509", "-in", str(tmp_path / "leaf.pem"), "-noout", "-ext", "subjectAltName")

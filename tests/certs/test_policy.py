@@ -7,7 +7,7 @@ import ipaddress
 import pytest
 
 from discoverd.certs import policy
-from discoverd.certs.x509 import Profile, Sans
+from discoverd.certs.pki import Profile, Sans
 from discoverd.directory.rules import cluster_label
 from discoverd.errors import Conflict, DiscoverdError, Forbidden, Invalid
 

@@ -31,8 +31,8 @@ from pathlib import Path
 from cryptography import x509 as cx509
 from cryptography.x509.oid import NameOID
 
-from discoverd.certs import x509
-from discoverd.certs.x509 import Profile, Sans
+from discoverd.certs import pki
+from discoverd.certs.pki import Profile, Sans
 from discoverd.store.access import EtcdAccess
 from discoverd.store.embedded import etcd_binary, free_port
 from tests.support import wait_until
@@ -73,10 +73,10 @@ class Pki:
         """ca, other-ca; server (peer profile), client (no CN), client-cn, rogue (other CA)."""
         directory.mkdir(parents=True, exist_ok=True)
         pki = cls(directory)
-        trusted = x509.new_ca("test etcd CA")
-        untrusted = x509.new_ca("a CA etcd does not trust")
-        pki.ca.write_text(x509.pem(trusted[1]))
-        pki.other_ca.write_text(x509.pem(untrusted[1]))
+        trusted = pki.new_ca("test etcd CA")
+        untrusted = pki.new_ca("a CA etcd does not trust")
+        pki.ca.write_text(pki.pem(trusted[1]))
+        pki.other_ca.write_text(pki.pem(untrusted[1]))
         no_cn = cx509.Name([cx509.NameAttribute(NameOID.ORGANIZATION_NAME, "discoverd")])
         pki._leaf(trusted, "server", Profile.PEER, cx509.Name([_cn("etcd-server")]))
         pki._leaf(trusted, "client", Profile.CLIENT, no_cn)
@@ -85,17 +85,17 @@ class Pki:
         return pki
 
     def _leaf(
-        self, ca: tuple[x509.PrivateKey, cx509.Certificate], name: str, profile: Profile,
+        self, ca: tuple[pki.PrivateKey, cx509.Certificate], name: str, profile: Profile,
         subject: cx509.Name,
     ) -> None:  # fmt: skip
-        key = x509.new_key()
-        cert = x509.issue(
+        key = pki.new_key()
+        cert = pki.issue(
             ca[0], ca[1], public_key=key.public_key(), common_name="-", subject=subject,
             sans=Sans(dns=("localhost",), ips=(ipaddress.ip_address(HOST),)),
             profile=profile, lifetime=dt.timedelta(days=1),
         )  # fmt: skip
-        self.cert(name).write_text(x509.pem(cert))
-        self.key(name).write_text(x509.key_pem(key))
+        self.cert(name).write_text(pki.pem(cert))
+        self.key(name).write_text(pki.key_pem(key))
         self.key(name).chmod(0o600)
 
     def access(

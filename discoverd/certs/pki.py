@@ -126,11 +126,9 @@ def random_serial() -> int:
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """A checked CSR, read once: its public key (and as DER SubjectPublicKeyInfo), that key's
-    SHA-256 and the SANs it asks for."""
+    """A checked CSR, read once: its public key, that key's SHA-256 and the SANs it asks for."""
 
     public_key: PublicKey
-    spki: bytes
     spki_sha256: str
     sans: Sans
 
@@ -138,10 +136,7 @@ class Request:
 def load_request(pem: str) -> Request:
     """`load_csr`, with what an enrollment needs from it worked out once."""
     csr, public = _load_csr(pem)
-    spki = public.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return Request(public, spki, hashlib.sha256(spki).hexdigest(), csr_sans(csr))
+    return Request(public, spki_sha256(public), csr_sans(csr))
 
 
 def load_csr(pem: str) -> x509.CertificateSigningRequest:

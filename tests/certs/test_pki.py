@@ -10,8 +10,8 @@ import subprocess
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from discoverd.certs import x509
-from discoverd.certs.x509 import Profile, Sans
+from discoverd.certs import pki
+from discoverd.certs.pki import Profile, Sans
 from discoverd.errors import Invalid
 
 
@@ -41,18 +41,18 @@ def make_csr(tmp_path, algo: str, sans: str = "", cn: str = "infra0") -> str:
 
 @pytest.fixture(scope="module")
 def ca():
-    return x509.new_ca("test CA")
+    return pki.new_ca("test CA")
 
 
 @pytest.mark.parametrize("algo", ["p256", "p384", "ed25519", "rsa2048"])
 def test_accepted_keys_and_openssl_verifies_the_chain(tmp_path, ca, algo):
-    csr = x509.load_csr(make_csr(tmp_path, algo, "DNS:infra0.example,IP:10.0.0.1"))
+    csr = pki.load_csr(make_csr(tmp_path, algo, "DNS:infra0.example,IP:10.0.0.1"))
     key, ca_cert = ca
-    sans = x509.csr_sans(csr)
-    cert = x509.issue(key, ca_cert, public_key=csr.public_key(), common_name="infra0", sans=sans,
+    sans = pki.csr_sans(csr)
+    cert = pki.issue(key, ca_cert, public_key=csr.public_key(), common_name="infra0", sans=sans,
                       profile=Profile.PEER, lifetime=dt.timedelta(days=90))  # fmt: skip
-    (tmp_path / "ca.pem").write_text(x509.pem(ca_cert))
-    (tmp_path / "leaf.pem").write_text(x509.pem(cert))
+    (tmp_path / "ca.pem").write_text(pki.pem(ca_cert))
+    (tmp_path / "leaf.pem").write_text(pki.pem(cert))
     verify = openssl("verify", "-CAfile", str(tmp_path / "ca.pem"), str(tmp_path / "leaf.pem"))
     assert verify.returncode == 0 and "OK" in verify.stdout, verify.stderr
     text = openssl("x509", "-in", str(tmp_path / "leaf.pem"), "-noout", "-text").stdout
@@ -60,13 +60,13 @@ def test_accepted_keys_and_openssl_verifies_the_chain(tmp_path, ca, algo):
     assert "CA:FALSE" in text and "DNS:infra0.example" in text and "IP Address:10.0.0.1" in text
     assert "Subject Key Identifier" in text and "Authority Key Identifier" in text
     assert cert.serial_number.bit_length() == 128
-    assert cert.not_valid_before_utc < x509.now() - dt.timedelta(minutes=4)  # backdated
+    assert cert.not_valid_before_utc < pki.now() - dt.timedelta(minutes=4)  # backdated
 
 
 @pytest.mark.parametrize(("algo", "reason"), [("rsa1024", "too small"), ("p521", "not accepted")])
 def test_refused_keys(tmp_path, algo, reason):
     with pytest.raises(Invalid, match=reason):
-        x509.load_csr(make_csr(tmp_path, algo))
+        pki.load_csr(make_csr(tmp_path, algo))
 
 
 @pytest.mark.parametrize(
@@ -83,7 +83,7 @@ def test_refused_keys(tmp_path, algo, reason):
 )
 def test_garbage_csrs(text, reason):
     with pytest.raises(Invalid, match=reason):
-        x509.load_csr(text)
+        pki.load_csr(text)
 
 
 def test_a_tampered_csr_fails_its_signature(tmp_path):
@@ -101,15 +101,15 @@ def test_a_tampered_csr_fails_its_signature(tmp_path):
     der[-5] ^= 0xFF  # flip a byte of the signature
     pem = cx.load_der_x509_csr(bytes(der)).public_bytes(serialization.Encoding.PEM).decode()
     with pytest.raises(Invalid, match="signature does not verify"):
-        x509.load_csr(pem)
+        pki.load_csr(pem)
 
 
 def test_client_profile_is_client_auth_only(tmp_path, ca):
-    csr = x509.load_csr(make_csr(tmp_path, "p256", cn="root"))
+    csr = pki.load_csr(make_csr(tmp_path, "p256", cn="root"))
     key, ca_cert = ca
-    cert = x509.issue(key, ca_cert, public_key=csr.public_key(), common_name="root", sans=Sans(),
+    cert = pki.issue(key, ca_cert, public_key=csr.public_key(), common_name="root", sans=Sans(),
                       profile=Profile.CLIENT, lifetime=dt.timedelta(days=1))  # fmt: skip
-    (tmp_path / "c.pem").write_text(x509.pem(cert))
+    (tmp_path / "c.pem").write_text(pki.pem(cert))
     text = openssl("x509", "-in", str(tmp_path / "c.pem"), "-noout", "-text").stdout
     assert "TLS Web Client Authentication" in text and "Server Authentication" not in text
     assert "Subject Alternative Name" not in text
@@ -117,29 +117,29 @@ def test_client_profile_is_client_auth_only(tmp_path, ca):
 
 def test_crl_lists_revoked_serials_for_openssl(tmp_path, ca):
     key, ca_cert = ca
-    crl = x509.crl(key, ca_cert, [(0xABCDEF, x509.now())], number=3)
-    (tmp_path / "crl.pem").write_text(x509.pem(crl))
+    crl = pki.crl(key, ca_cert, [(0xABCDEF, pki.now())], number=3)
+    (tmp_path / "crl.pem").write_text(pki.pem(crl))
     text = openssl("crl", "-in", str(tmp_path / "crl.pem"), "-noout", "-text").stdout
     assert "Serial Number: ABCDEF" in text and "X509v3 CRL Number" in text
 
 
 def test_non_dns_ip_sans_are_refused(tmp_path):
-    csr = x509.load_csr(make_csr(tmp_path, "p256", "email:a@example.com"))
+    csr = pki.load_csr(make_csr(tmp_path, "p256", "email:a@example.com"))
     with pytest.raises(Invalid, match="only DNS and IP SANs"):
-        x509.csr_sans(csr)
+        pki.csr_sans(csr)
 
 
 def test_sealed_keys_open_only_with_the_same_key_and_token():
-    key = x509.new_key()
+    key = pki.new_key()
     service_key = os.urandom(32)
-    blob = x509.seal(key, service_key, "token-a")
-    assert x509.spki_sha256(
-        x509.unseal(blob, service_key, "token-a").public_key()
-    ) == x509.spki_sha256(key.public_key())
+    blob = pki.seal(key, service_key, "token-a")
+    assert pki.spki_sha256(
+        pki.unseal(blob, service_key, "token-a").public_key()
+    ) == pki.spki_sha256(key.public_key())
     for other_key, token in ((os.urandom(32), "token-a"), (service_key, "token-b")):
-        with pytest.raises(x509.SealError):
-            x509.unseal(blob, other_key, token)
-    assert x509.key_pem(key).encode() not in blob
+        with pytest.raises(pki.SealError):
+            pki.unseal(blob, other_key, token)
+    assert pki.key_pem(key).encode() not in blob
 
 
 def test_ip_sans_round_trip():
