@@ -72,17 +72,17 @@ class Pki:
     def make(cls, directory: Path) -> Pki:
         """ca, other-ca; server (peer profile), client (no CN), client-cn, rogue (other CA)."""
         directory.mkdir(parents=True, exist_ok=True)
-        pki = cls(directory)
+        made = cls(directory)
         trusted = pki.new_ca("test etcd CA")
         untrusted = pki.new_ca("a CA etcd does not trust")
-        pki.ca.write_text(pki.pem(trusted[1]))
-        pki.other_ca.write_text(pki.pem(untrusted[1]))
+        made.ca.write_text(pki.pem(trusted[1]))
+        made.other_ca.write_text(pki.pem(untrusted[1]))
         no_cn = cx509.Name([cx509.NameAttribute(NameOID.ORGANIZATION_NAME, "discoverd")])
-        pki._leaf(trusted, "server", Profile.PEER, cx509.Name([_cn("etcd-server")]))
-        pki._leaf(trusted, "client", Profile.CLIENT, no_cn)
-        pki._leaf(trusted, "client-cn", Profile.CLIENT, cx509.Name([_cn("discoverd")]))
-        pki._leaf(untrusted, "rogue", Profile.CLIENT, no_cn)
-        return pki
+        made._leaf(trusted, "server", Profile.PEER, cx509.Name([_cn("etcd-server")]))
+        made._leaf(trusted, "client", Profile.CLIENT, no_cn)
+        made._leaf(trusted, "client-cn", Profile.CLIENT, cx509.Name([_cn("discoverd")]))
+        made._leaf(untrusted, "rogue", Profile.CLIENT, no_cn)
+        return made
 
     def _leaf(
         self, ca: tuple[pki.PrivateKey, cx509.Certificate], name: str, profile: Profile,
