@@ -82,20 +82,29 @@ class RedactTokens(logging.Filter):
 
 
 _PLAIN = logging.Formatter()
+_MILLIS = tuple(f"{n:03d}" for n in range(1000))
 
 
 class JsonFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__()
-        self._second = -1
-        self._stamp = ""
+        # (second, its text) and (millisecond, the whole stamp): each replaced whole, as the
+        # log writer and the event loop (access lines) both format.
+        self._second: tuple[int, str] = (-1, "")
+        self._last: tuple[int, str] = (-1, "")
 
     def _timestamp(self, created: float) -> str:
-        second = int(created)
-        if second != self._second:  # strftime once a second, not once a line
-            self._second = second
-            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self._stamp}.{int((created - second) * 1000):03d}Z"
+        millisecond = int(created * 1000)
+        last = self._last
+        if last[0] == millisecond:  # a busy server logs many lines a millisecond
+            return last[1]
+        second, millis = divmod(millisecond, 1000)
+        base = self._second
+        if base[0] != second:  # strftime once a second, not once a line
+            base = self._second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+        stamp = f"{base[1]}.{_MILLIS[millis]}Z"
+        self._last = (millisecond, stamp)
+        return stamp
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -142,18 +151,20 @@ def _json_value(value: Any) -> str:
 class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__()
-        self._second = -1
-        self._stamp = ""
+        self._second: tuple[int, str] = (-1, "")  # replaced whole: see JsonFormatter
 
     def access_line(self, name: str, created: float, access: Access) -> str:
         """What `format` gives for `access.record(name)` created at `created`."""
         second = int(created)
-        if second != self._second:  # strftime once a second, as formatTime does every line
-            self._second = second
-            self._stamp = time.strftime(self.default_time_format, self.converter(second))
+        base = self._second
+        if base[0] != second:  # strftime once a second, as formatTime does every line
+            base = self._second = (
+                second,
+                time.strftime(self.default_time_format, self.converter(second)),
+            )
         method, path, status, duration_ms, remote, size = access
         return (
-            f"{self._stamp},{int((created - second) * 1000):03d} info    {name}: "
+            f"{base[1]},{_MILLIS[int((created - second) * 1000)]} info    {name}: "
             f"{method} {path} {status} method={method} path={path} status={status} "
             f"duration_ms={duration_ms} remote={remote} bytes={size}"
         )
