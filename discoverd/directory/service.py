@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -82,17 +83,21 @@ class Directory:
         rules.check_token_config(cidrs, dns_suffixes)
         if name is not None and self.registry.named(name) is not None:
             raise NameTaken(f"cluster name {name!r} is taken", cause=name)
+        # Only what differs from the defaults: the common anonymous token skips the validators
+        # of the fields it leaves out.
+        given: dict[str, Any] = (
+            {"cidrs": cidrs, "dns_suffixes": dns_suffixes} if cidrs or dns_suffixes else {}
+        )
+        if name is not None:
+            given["name"] = name
+        if clients is not None:
+            given["clients"] = clients
+        if allow_root:
+            given["allow_root"] = True
+        now = time.time()
         try:
-            now = time.time()
             config = ClusterConfig(
-                size=size,
-                created_at=now,
-                bootstrap_until=now + self.limits.token_ttl,
-                name=name,
-                cidrs=cidrs,
-                dns_suffixes=dns_suffixes,
-                clients=clients,
-                allow_root=allow_root,
+                size=size, created_at=now, bootstrap_until=now + self.limits.token_ttl, **given
             )
         except ValidationError as exc:
             raise Invalid(exc.errors()[0]["msg"].removeprefix("Value error, ")) from exc

@@ -78,7 +78,7 @@ class ClusterStore:
             compare.append(
                 {"key": key, "result": "EQUAL", "target": "CREATE", "create_revision": 0}
             )
-            put = {"key": key, "value": b64(config.model_dump_json()), "lease": lease}
+            put = {"key": key, "value": b64(config_json(config)), "lease": lease}
             success.append({"request_put": put})
         txn = {"compare": compare, "success": success, "failure": []}
         result = await self._txn(txn, "create tokens")
@@ -103,7 +103,7 @@ class ClusterStore:
                 {
                     "request_put": {
                         "key": config_key,
-                        "value": b64(config.model_dump_json()),
+                        "value": b64(config_json(config)),
                         "lease": lease,
                     }
                 },
@@ -277,6 +277,13 @@ class ClusterStore:
             return await self._gateway.grant_lease(ttl)
         except EtcdRejected as exc:
             raise Unavailable(f"etcd refused a lease: {exc.detail}") from exc
+
+
+def config_json(config: ClusterConfig) -> str:
+    """A new token's stored config: the fields that differ from their defaults, which every
+    version reads alike (`{"size":3,"created_at":...,"bootstrap_until":...}` for most). Every
+    token costs etcd a JSON decode of it, a write, and a watch event that carries it."""
+    return config.model_dump_json(exclude_defaults=True)
 
 
 def _claim_from(kv: KeyValue | None) -> NameClaim | None:

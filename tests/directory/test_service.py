@@ -6,7 +6,7 @@ import pytest
 
 from discoverd import appkeys
 from discoverd.directory.service import RETRY_WINDOW, Directory, is_retry
-from discoverd.errors import Conflict
+from discoverd.errors import Conflict, Invalid
 from discoverd.models import Member
 from discoverd.store import keys
 
@@ -93,3 +93,38 @@ async def test_a_name_held_by_another_registration_is_refused_on_every_face(clie
         Conflict, match="member name INFRA0 is already registered by discovery registration 8e9e"
     ):
         await service.register(token, "1", "INFRA0=http://10.0.1.10:2380")
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({}, {"name": None, "clients": None, "cidrs": (), "allow_root": False}),
+        ({"clients": 0}, {"clients": 0}),  # zero client names is not the default
+        ({"clients": 5, "allow_root": True}, {"clients": 5, "allow_root": True}),
+        ({"name": "prod-a"}, {"name": "prod-a"}),
+        (
+            {"cidrs": ("10.1.0.0/16",), "dns_suffixes": ("Etcd.Example.com.",)},
+            {"cidrs": ("10.1.0.0/16",), "dns_suffixes": ("etcd.example.com",)},
+        ),
+    ],
+)
+async def test_a_new_token_has_every_option_it_was_asked_for(client, options, expected):
+    service = directory(client)
+    token = await service.new_token(3, **options)
+    cluster = await service.fresh_cluster(token)
+    assert cluster.config.size == 3
+    assert cluster.config.bootstrap_until == cluster.config.created_at + service.limits.token_ttl
+    assert {field: getattr(cluster.config, field) for field in expected} == expected
+
+
+@pytest.mark.parametrize(
+    ("options", "reason"),
+    [
+        ({"cidrs": ("10.1.0.1/16",)}, "is not a network"),
+        ({"dns_suffixes": ("not a domain",)}, "must be a domain"),
+        ({"clients": 1000}, "less than or equal to 999"),
+    ],
+)
+async def test_a_new_token_with_a_bad_option_is_refused(client, options, reason):
+    with pytest.raises(Invalid, match=reason):
+        await directory(client).new_token(3, **options)
