@@ -404,6 +404,15 @@ class _Phases:
         tool = "wrk -t2 -c32" if load.wrk_path() else "aiohttp fallback, 32 connections"
         what = f"for {duration:g} s, {tool}"
         plan["discoverd"] = await self._run(f"CSR signings on discoverd ({what})", discoverd)
+        interleaved = plan["discoverd"].get("signings_per_s")
+        if interleaved:
+
+            async def one_token() -> dict[str, Any]:
+                return await signing.one_token_side(self.stack, self.scratch, interleaved, _say)
+
+            plan["one_token"] = await self._run(
+                "CSR signings on discoverd, 16 concurrent enrollments in one token", one_token
+            )
         plan["cfssl"] = found = await self._run(f"CSR signings on cfssl serve ({what})", cfssl)
         if "skipped" in found:
             _say(f"  skipped: {found['skipped']}")

@@ -68,6 +68,8 @@ TOKEN_SIZE = servers.MAX_SIZE  # names n0..n998 per token
 BODIES_PER_SECOND = 6_000  # unique enrollments written per second of load (60,000 for 10 s)
 MIN_BODIES = 2_000
 CHECK_TIMEOUT = aiohttp.ClientTimeout(total=10)
+ONE_TOKEN_CONNECTIONS = 16  # the issue's case: a cluster's members enrolling at the same moment
+ONE_TOKEN_SHARE = 0.6  # of a token's TOKEN_SIZE names: the load must not run out of names
 HEADERS = {"Content-Type": "application/json"}
 CFSSL_EXPIRY = "2160h"
 READY_TIMEOUT = 15.0
@@ -494,6 +496,36 @@ async def discoverd_side(
     say(
         f"    {found['signings_per_s']:,.0f} signings/s, p50 {found['p50_ms']:.1f} ms, "
         f"CPU discoverd {cpu['discoverd']} s + etcd {cpu['etcd']} s"
+    )
+    return found
+
+
+async def one_token_side(
+    stack: servers.Stack, scratch: Path, interleaved: float, say: Callable[[str], None]
+) -> dict[str, Any]:
+    """ONE_TOKEN_CONNECTIONS connections enrolling into one token at once, as a cluster's
+    members do: a token holds TOKEN_SIZE names, so the load runs for the whole seconds that
+    about ONE_TOKEN_SHARE of them take at the `interleaved` rate (at least one). Every answer
+    must be 200, and the rate is reported as a ratio to the interleaved one."""
+    seconds = max(1, math.floor(TOKEN_SIZE * ONE_TOKEN_SHARE / max(interleaved, 1.0)))
+    bodies, path, made = await _prepare(stack, scratch, TOKEN_SIZE, "certs-one-token")
+    spec = Load(
+        "certs_one_token",
+        f"{stack.url}/api/v1/certs",
+        "POST",
+        seconds,
+        threads=2,
+        connections=ONE_TOKEN_CONNECTIONS,
+    )
+    say(f"  wrk -c{ONE_TOKEN_CONNECTIONS}: one token of size {TOKEN_SIZE} for {seconds} s")
+    pids = {"discoverd": stack.pid, "etcd": stack.etcd_pid}
+    found = await _timed(spec, scratch, _enroll_lua(path, spec.threads), bodies, pids)
+    found.update({"server": "discoverd", **made, "connections": ONE_TOKEN_CONNECTIONS})
+    found["ratio_to_interleaved"] = round(found["signings_per_s"] / max(interleaved, 1.0), 3)
+    _fail_on_rejections(found, "POST /api/v1/certs, one token")
+    say(
+        f"    {found['signings_per_s']:,.0f} signings/s "
+        f"({found['ratio_to_interleaved']:.2f}x the interleaved rate), no failures"
     )
     return found
 

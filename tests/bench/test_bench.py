@@ -150,3 +150,17 @@ def test_v2_anchor_is_skipped_with_a_reason_without_etcd(monkeypatch) -> None:
     monkeypatch.setattr(v2anchor, "DEBIAN_ETCD", Path("/nonexistent/etcd"))
     monkeypatch.setattr(shutil, "which", lambda name: None)
     assert "etcd-server" in (v2anchor.missing() or "")
+
+
+@pytest.mark.parametrize(
+    ("one_token", "shown", "met"),
+    [
+        ({"signings_per_s": 300.0, "ratio_to_interleaved": 0.6}, "300 (0.60{x} interleaved)", True),
+        ({"signings_per_s": 100.0, "ratio_to_interleaved": 0.2}, "100 (0.20{x} interleaved)", False),
+        ({"error": "POST /api/v1/certs, one token: 3 of 90 responses were not 2xx"}, "failed", False),
+    ],
+)  # fmt: skip
+def test_one_token_enrollments_are_judged_against_the_interleaved_rate(one_token, shown, met):
+    rows = report.certs_verdicts({"discoverd": {}, "one_token": one_token})
+    row = next(row for row in rows if "one token" in row["metric"])
+    assert row["discoverd"].startswith(shown.format(x=report.TIMES)) and row["met"] is met
