@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.bench-installed
 ARGS   ?=
 
 # command:debian-package pairs. Tests: etcd 3.4 (compatibility), dig, wrk (the bench's own tests). Bench: the load tools
@@ -72,7 +73,11 @@ proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
 	rm -f discoverd/discovery/v3/pb/mvcc_pb2_grpc.py
 
-bench: $(STAMP) apt-bench etcd-test
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP) apt-bench etcd-test
 	$(BIN)/python -m bench $(ARGS)
 
 clean:
