@@ -9,7 +9,7 @@ import logging
 import pytest
 from aiohttp.test_utils import TestServer
 
-from discoverd import logs
+from discoverd import logformat, logs
 from discoverd.app import build_app
 
 TOKEN = "3e86b59982e49066c5d813af1c2e2579"
@@ -35,7 +35,7 @@ def test_redact_replaces_tokens_with_a_stable_fingerprint():
 def test_json_lines_carry_the_extra_fields():
     record = logging.LogRecord("discoverd.x", logging.INFO, __file__, 1, "hello %s", ("you",), None)
     record.status = 201
-    line = json.loads(logs.JsonFormatter().format(record))
+    line = json.loads(logformat.JsonFormatter().format(record))
     assert line["msg"] == "hello you" and line["status"] == 201 and line["level"] == "info"
 
 
@@ -70,7 +70,7 @@ def test_the_root_filter_redacts_whatever_a_record_carries():
     )
     record.path = f"/{TOKEN}/1"
     assert logs.RedactTokens().filter(record)
-    for formatter in (logs.JsonFormatter(), logs.TextFormatter()):
+    for formatter in (logformat.JsonFormatter(), logformat.TextFormatter()):
         line = formatter.format(record)
         assert TOKEN not in line
         assert "{token:" + logs.fingerprint(TOKEN) + "}" in line
@@ -82,7 +82,7 @@ def test_the_background_writer_redacts_formats_and_flushes_in_order():
 
     stream = io.StringIO()
     output = logging.StreamHandler(stream)
-    output.setFormatter(logs.JsonFormatter())
+    output.setFormatter(logformat.JsonFormatter())
     output.addFilter(logs.RedactTokens())
     handler = logs.BackgroundHandler(output)
     log = logging.getLogger("discoverd.test.writer")
@@ -116,7 +116,7 @@ ACCESSES = [
 ]
 
 
-@pytest.mark.parametrize("formatter_class", [logs.JsonFormatter, logs.TextFormatter])
+@pytest.mark.parametrize("formatter_class", [logformat.JsonFormatter, logformat.TextFormatter])
 @pytest.mark.parametrize("access", ACCESSES)
 @pytest.mark.parametrize("created", [1_700_000_000.0, 1_700_000_000.999, 1_700_000_001.5004])
 def test_an_access_line_is_what_the_formatter_makes_of_the_record(
@@ -132,7 +132,7 @@ def test_an_access_line_is_what_the_formatter_makes_of_the_record(
 
 def _writer(stream: io.StringIO) -> logs.BackgroundHandler:
     output = logging.StreamHandler(stream)
-    output.setFormatter(logs.JsonFormatter())
+    output.setFormatter(logformat.JsonFormatter())
     output.addFilter(logs.RedactTokens())
     return logs.BackgroundHandler(output)
 
