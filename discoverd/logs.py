@@ -1,8 +1,9 @@
 """Structured logging to stderr: one JSON object (or one plain line) per event, formatted by
-`logformat`, and one access line per request at info. Discovery tokens are secrets: a filter on the output handler replaces
-every token-shaped string in every record, whoever logged it (aiohttp quotes raw request lines
-in its errors), with a short fingerprint (`{token:1a2b3c4d}`) that correlates requests without
-revealing it: message, arguments, extra fields, exception text and stack alike.
+`logformat`, and one access line per request at info. Discovery tokens are secrets: a filter
+on the output handler replaces every token-shaped string in every record, whoever logged it
+(aiohttp quotes raw request lines in its errors), with a short fingerprint (`{token:1a2b3c4d}`)
+that correlates requests without revealing it: message, arguments, extra fields, exception
+text and stack alike.
 
 Logging must not cost the event loop: the root handler only freezes a record's message and
 queues it (`BackgroundHandler`); a writer thread redacts, formats and writes whatever has queued
