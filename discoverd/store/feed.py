@@ -8,6 +8,11 @@ read, so no change is ever missed. However many clients wait, this is one etcd w
 A probe task asks etcd twice a second, each answer due within PROBE_TIMEOUT: a watch on a frozen
 or partitioned etcd can hang without an error, and a stale view must not keep serving as if it
 were current. Two failed probes in a row mark it stale: within ~2 s of etcd going silent.
+
+A probe reads etcd's revision (one key lookup). Only when the view has not reached the revision
+of the probe before does it also read the newest revision under the prefix, which costs etcd a
+read of every key there: the view is current on a dedicated etcd, and a registry of 100,000
+tokens would otherwise cost etcd a sixth of a core, idle.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from discoverd.errors import Unavailable
@@ -83,19 +89,17 @@ class RegistryFeed:
 
     async def _probe(self, pending: list[asyncio.Future[int]]) -> None:
         failures = behind = 0
+        known = 0  # etcd's revision at the last answered probe
         while True:
             await asyncio.sleep(PROBE_INTERVAL)
-            if not pending or pending[0].done():
-                if pending and not pending[0].cancelled():
-                    pending[0].exception()  # a late answer: retrieved, and superseded
-                pending[:] = [asyncio.ensure_future(self._gateway.newest_revision(keys.ROOT))]
-                await asyncio.wait(pending, timeout=PROBE_TIMEOUT)
-            probe = pending[0]
             try:
-                if not probe.done():
-                    raise TimeoutError(f"no answer within {PROBE_TIMEOUT}s")
-                pending.clear()
-                newest = probe.result()
+                revision = await self._ask(pending, lambda: self._gateway.revision(keys.ROOT))
+                if self._registry.revision >= known:
+                    newest = 0  # the watch delivered all that etcd held at the last probe
+                else:  # a stalled watch, or writes outside the prefix: only a full read tells
+                    newest = await self._ask(
+                        pending, lambda: self._gateway.newest_revision(keys.ROOT)
+                    )
             except (Unavailable, EtcdRejected, TimeoutError) as exc:
                 failures += 1
                 if failures == PROBE_FAILURES:
@@ -103,12 +107,30 @@ class RegistryFeed:
                     self.restart_watch()
                 continue
             failures = 0
+            known = revision
             behind = behind + 1 if newest > self._registry.revision else 0
             if behind == STALL_PROBES:
                 logger.warning("the etcd watch stalled (view at %d, etcd at %d); restarting it",
                                self._registry.revision, newest)  # fmt: skip
                 self.restart_watch()
                 behind = 0
+
+    @staticmethod
+    async def _ask(
+        pending: list[asyncio.Future[int]], request: Callable[[], Awaitable[int]]
+    ) -> int:
+        """The answer to `request`, due within PROBE_TIMEOUT. While the request before is still
+        waiting in the etcd thread pool (its own timeout ends it), none is sent: a failure."""
+        if pending:
+            if not pending[0].done():
+                raise TimeoutError(f"no answer within {PROBE_TIMEOUT}s")
+            if not pending[0].cancelled():
+                pending[0].exception()  # a late answer: retrieved, and superseded
+        pending[:] = [asyncio.ensure_future(request())]
+        await asyncio.wait(pending, timeout=PROBE_TIMEOUT)
+        if not pending[0].done():
+            raise TimeoutError(f"no answer within {PROBE_TIMEOUT}s")
+        return pending.pop().result()
 
     # -- the watch thread ---------------------------------------------------------------------
 

@@ -269,8 +269,19 @@ class EtcdGateway:
 
         return await self.call(op)
 
+    async def revision(self, key: str) -> int:
+        """etcd's current revision, from a linearizable count of the one key `key`: a probe
+        that costs etcd one index lookup, however many keys it holds."""
+        payload = {"key": b64(key), "count_only": True}
+
+        def op(c: Etcd3Client) -> int:
+            return int(c.post(c.get_url("/kv/range"), json=payload)["header"]["revision"])
+
+        return await self.call(op)
+
     async def newest_revision(self, prefix: str) -> int:
-        """The newest mod revision of any key under `prefix` (0 if none): a cheap probe."""
+        """The newest mod revision of any key under `prefix` (0 if none). etcd reads every key
+        under `prefix` to sort them: its cost grows with the registry."""
         payload = {
             "key": b64(prefix),
             "range_end": b64(prefix_end(prefix)),

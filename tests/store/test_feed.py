@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 
 from discoverd.models import ClusterConfig
 from discoverd.store.clusters import ClusterStore, RegisterOutcome
+from discoverd.store.embedded import EmbeddedEtcd
 from discoverd.store.feed import RegistryFeed
 from discoverd.store.gateway import EtcdGateway
 from discoverd.store.registry import Registry
@@ -95,3 +97,51 @@ async def test_a_silently_stalled_watch_is_restarted(etcd_endpoint, monkeypatch)
         probe.cancel()
         await asyncio.to_thread(feed.stop)
         gateway.close()
+
+
+async def test_the_probe_reads_every_key_only_when_the_view_lags(tmp_path, monkeypatch):
+    """A probe reads etcd's revision (one key lookup); the read of the newest revision under
+    the prefix, which costs etcd every key there, runs only when the view has not reached the
+    revision of the probe before: never while the view is current, and after a write outside
+    the prefix (which it finds is no stall)."""
+    from discoverd.store import feed as feed_module
+
+    monkeypatch.setattr(feed_module, "PROBE_INTERVAL", 0.02)
+    etcd = EmbeddedEtcd(tmp_path / "etcd", name="probe")  # its own: no other test writes here
+    endpoint = await asyncio.to_thread(etcd.start)
+    gateway = EtcdGateway([endpoint], timeout=2)
+    calls: collections.Counter[str] = collections.Counter()
+    for name in ("revision", "newest_revision"):
+        real = getattr(gateway, name)
+
+        async def counted(*args, _real=real, _name=name):
+            calls[_name] += 1
+            return await _real(*args)
+
+        monkeypatch.setattr(gateway, name, counted)
+    registry = Registry()
+    feed = RegistryFeed(gateway, registry, asyncio.get_running_loop())
+    feed.start()
+    probe = asyncio.create_task(feed.probe_forever())
+    try:
+        await eventually(lambda: registry.synced)
+        store = ClusterStore(gateway)
+        lease = await store.grant_lease(600)
+        for n in range(3):
+            config = ClusterConfig(size=3, created_at=0)
+            revision = await store.create_clusters({f"{n:032x}": config}, lease)
+            await asyncio.wait_for(registry.wait_revision(revision), 5)
+        full_reads, probes = calls["newest_revision"], calls["revision"]
+        await eventually(lambda: calls["revision"] >= probes + 10)
+        assert calls["newest_revision"] == full_reads  # the view is current: no full read
+
+        await gateway.call(lambda c: c.put("/elsewhere/key", "1"))  # not under the prefix
+        await eventually(lambda: calls["newest_revision"] > full_reads)
+        probes = calls["revision"]
+        await eventually(lambda: calls["revision"] >= probes + 10)
+        assert feed.resyncs == 0 and registry.synced  # found to be no stall
+    finally:
+        probe.cancel()
+        await asyncio.to_thread(feed.stop)
+        gateway.close()
+        await asyncio.to_thread(etcd.stop)
