@@ -15,6 +15,7 @@ import pytest
 
 from bench import accesslog, load, report, servers, signing, v2anchor, waits
 from discoverd.listener import PER_ADDRESS
+from tests.bench.loads import load_result
 from tests.binaries import stock_etcd
 from tests.support import http
 
@@ -93,19 +94,6 @@ def test_access_log_cost_per_request() -> None:
     assert found["default"]["log_bytes_per_request"] == 280
 
 
-def _load(rps: float, method: str = "GET", path: str = "/<token>") -> dict[str, object]:
-    return {
-        "method": method,
-        "path": path,
-        "requests_per_s": rps,
-        "p50_ms": 1.0,
-        "p99_ms": 2.0,
-        "non_2xx": 0,
-        "socket_errors": 0,
-        "cpu_us_per_request": {"discoverd": 50.0, "etcd": 1.0, "etcd-3.4": 30.0},
-    }
-
-
 @pytest.mark.parametrize(
     ("name", "ours", "theirs", "shown", "met"),
     [
@@ -118,8 +106,8 @@ def _load(rps: float, method: str = "GET", path: str = "/<token>") -> dict[str, 
 def test_v2_figures_are_ratios_to_the_anchor(name, ours, theirs, shown, met) -> None:
     anchor = {"version": "3.4.23", "throughput": {}}
     if theirs is not None:
-        anchor["throughput"][name] = _load(theirs, "GET", "/v2/keys/<token>")
-    row = report.throughput_verdicts(name, _load(ours), anchor)[0]
+        anchor["throughput"][name] = load_result(theirs, "GET", "/v2/keys/<token>")
+    row = report.throughput_verdicts(name, load_result(ours), anchor)[0]
     assert (row["discoverd"], row["met"]) == (shown.format(x=report.TIMES), met)
     assert "stricter" in row["target"]
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from bench import goanchor, load, report, run, v2anchor
+from tests.bench.loads import load_result
 from tests.binaries import stock_etcd
 from tests.support import http
 
@@ -68,24 +69,6 @@ def test_a_binary_that_cannot_run_stops_the_bench_before_it_starts(
     assert f"{goanchor.FLAG} {binary}: {why}" in capsys.readouterr().err
 
 
-def _load(rps: float, method: str = "GET", path: str = "/<token>") -> dict[str, object]:
-    return {
-        "method": method,
-        "path": path,
-        "requests_per_s": rps,
-        "p50_ms": 1.0,
-        "p99_ms": 2.0,
-        "non_2xx": 0,
-        "socket_errors": 0,
-        "cpu_us_per_request": {
-            "discoverd": 50.0,
-            "etcd": 1.0,
-            "etcd-3.4": 30.0,
-            "go-discovery": 90.0,
-        },
-    }
-
-
 @pytest.mark.parametrize(
     ("name", "ours", "go", "shown", "met"),
     [
@@ -98,9 +81,9 @@ def _load(rps: float, method: str = "GET", path: str = "/<token>") -> dict[str, 
 def test_v2_figures_show_and_are_judged_on_the_ratio_to_the_go_service(
     name, ours, go, shown, met
 ) -> None:
-    anchor = {"version": "3.4.23", "throughput": {name: _load(20_000, "GET", "/v2/keys/<t>")}}
-    service = {"throughput": {name: _load(go)}} if go else {"skipped": goanchor.NOT_GIVEN}
-    rows = report.throughput_verdicts(name, _load(ours), anchor, service)
+    anchor = {"version": "3.4.23", "throughput": {name: load_result(20_000, "GET", "/v2/keys/<t>")}}
+    service = {"throughput": {name: load_result(go)}} if go else {"skipped": goanchor.NOT_GIVEN}
+    rows = report.throughput_verdicts(name, load_result(ours), anchor, service)
     assert (rows[0]["discoverd"], rows[0]["met"]) == (shown, met)
     if go:
         assert rows[0]["target"] == f"issue: ≥ {report.GOALS[name]:g}{X} the Go service"
@@ -124,7 +107,7 @@ def test_v2_figures_show_and_are_judged_on_the_ratio_to_the_go_service(
     ],
 )
 def test_a_row_says_whether_the_go_anchor_ran(go, shown, met) -> None:
-    results = {"throughput": {"get_dir": _load(6_000)}, "anchor_go": go}
+    results = {"throughput": {"get_dir": load_result(6_000)}, "anchor_go": go}
     rows = report.verdicts(results)
     assert rows[-1]["metric"] == "v2 anchor: the Go discovery service"
     assert (rows[-1]["discoverd"], rows[-1]["met"]) == (shown, met)
