@@ -72,7 +72,9 @@ def test_bad_requests_and_etcd_failures_leave_no_token_in_any_log(server):
     ]
     for payload in bad:
         answer = raw(server.url, payload)
-        assert answer == b"" or answer.startswith(b"HTTP/1.1 "), answer[:200]
+        # Nothing (reset while the request was still being sent) or an HTTP answer: aiohttp
+        # answers a request line it could not read with HTTP/1.0, whichever comes first.
+        assert answer == b"" or answer.startswith((b"HTTP/1.1 ", b"HTTP/1.0 ")), answer[:200]
     # etcd itself refusing a request about the token (its lease is gone: the token expired
     # between discoverd's read and its write) logs the request, keys and all, at warn level.
     endpoint = (server.data_dir / "etcd.endpoint").read_text().strip()
