@@ -136,6 +136,11 @@ def explain_transport(exc: BaseException, access: EtcdAccess, scheme: str) -> st
          "closed the connection without an answer (an https:// endpoint given as http://?)"),
         (isinstance(exc, requests.Timeout) or "Timeout" in type(exc).__name__, "timed out"),
         ("Connection refused" in text, "connection refused"),
+        # A plain etcd answers a TLS hello with a 400 and closes: the client sees either its
+        # reply (WRONG_VERSION_NUMBER, above) or, when the close wins the race, a reset.
+        (scheme == "https" and (aborted or "Connection reset" in text),
+         "connection reset (if the endpoint does not speak TLS: an http:// endpoint given as "
+         "https://?)"),
         (aborted or "Connection reset" in text, "connection reset"),
         # e.g. a TLS file that vanished since the start
         (isinstance(exc, OSError) and not isinstance(exc, requests.RequestException),
