@@ -77,14 +77,6 @@ class JsonFormatter(logging.Formatter):
         )
 
 
-def _json_value(value: Any) -> str:
-    if isinstance(value, str):
-        return encode_basestring_ascii(value)
-    if type(value) is int or (type(value) is float and math.isfinite(value)):
-        return repr(value)
-    return json.dumps(value, default=str)  # None, booleans, NaN, anything else
-
-
 class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__()

@@ -78,8 +78,6 @@ def test_the_root_filter_redacts_whatever_a_record_carries():
 
 
 def test_the_background_writer_redacts_formats_and_flushes_in_order():
-    import io
-
     stream = io.StringIO()
     output = logging.StreamHandler(stream)
     output.setFormatter(logformat.JsonFormatter())
