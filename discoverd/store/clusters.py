@@ -280,9 +280,10 @@ class ClusterStore:
 
 
 def config_json(config: ClusterConfig) -> str:
-    """A new token's stored config: the fields that differ from their defaults, which every
-    version reads alike (`{"size":3,"created_at":...,"bootstrap_until":...}` for most). Every
-    token costs etcd a JSON decode of it, a write, and a watch event that carries it."""
+    """A token's stored config, whoever writes it (creation, the CA taking it over): the
+    fields that differ from their defaults, which every version reads alike
+    (`{"size":3,"created_at":...,"bootstrap_until":...}` for most). Every token costs etcd a
+    JSON decode of it, a write, and a watch event that carries it."""
     return config.model_dump_json(exclude_defaults=True)
 
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from discoverd.models import CaRecord, CertRecord, ClusterConfig
 from discoverd.store import keys
+from discoverd.store.clusters import config_json
 from discoverd.store.gateway import b64, decode_kv, prefix_end
 
 MAX_OPS = 128  # operations per list of a transaction: etcd's --max-txn-ops default
@@ -102,7 +103,7 @@ class Hold:
     def puts(self, token: str) -> list[dict[str, Any]]:
         held = self.config.model_copy(update={"held_by_ca": True})
         puts = [
-            put(keys.cluster_config(token), held.model_dump_json(), self.lease),
+            put(keys.cluster_config(token), config_json(held), self.lease),
             put(keys.cluster_ca(token), self.ca.model_dump_json(), self.lease),
         ]
         if self.name:
